@@ -1,0 +1,224 @@
+// Fused edge-softmax attention on the CPU, one target (or source) row at a time.
+//
+// The same templates serve the explicit CSR pattern and the segment pattern
+// (a batch of complete graphs): a Neighbours type says which rows a row meets.
+// Each output row is written by exactly one thread, in a fixed edge order, so
+// results are bitwise reproducible run to run whatever the thread count.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "../params.h"
+
+namespace graphattn {
+namespace cpu {
+
+// Edges of row i are positions [offsets[i], offsets[i+1]); position p names the
+// other endpoint index[p] and the edge_index column edge_id[p].
+struct CsrNeighbours {
+  const int64_t* offsets;
+  const int64_t* index;
+  const int64_t* edge_id;
+  int64_t num_other;  // rows on the other side, for the bounds check
+  std::pair<int64_t, int64_t> range(int64_t i) const { return {offsets[i], offsets[i + 1]}; }
+  int64_t node(int64_t p) const {
+    const int64_t j = index[p];
+    // Checked where it is read: a corrupt Graph must never read out of bounds.
+    TORCH_CHECK_INDEX(j >= 0 && j < num_other, "graphattn: edge endpoint ", j, " outside [0, ", num_other,
+                      "); rebuild the Graph from a valid edge_index");
+    return j;
+  }
+  int64_t edge(int64_t p) const { return edge_id[p]; }
+};
+
+// Node i meets every node of its segment; position p is the node itself.
+struct SegmentNeighbours {
+  const int64_t* ptr;
+  int64_t num_segments;
+  std::pair<int64_t, int64_t> range(int64_t i) const {
+    const int64_t s = std::upper_bound(ptr, ptr + num_segments + 1, i) - ptr - 1;
+    return {ptr[s], ptr[s + 1]};
+  }
+  int64_t node(int64_t p) const { return p; }
+  int64_t edge(int64_t p) const { return p; }
+};
+
+template <typename scalar_t>
+inline const scalar_t* row_ptr(const RowsParams& r, int64_t row, int64_t head) {
+  return static_cast<const scalar_t*>(r.data) + row * r.row_stride + head * r.head_stride;
+}
+
+template <typename acc_t, typename scalar_t>
+inline acc_t dot(const acc_t* a, const scalar_t* b, int64_t n) {
+  acc_t s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t d = 0; d < n; ++d) s += a[d] * static_cast<acc_t>(b[d]);
+  return s;
+}
+
+template <typename acc_t, typename scalar_t>
+inline void axpy(acc_t* y, acc_t w, const scalar_t* x, int64_t n) {
+#pragma omp simd
+  for (int64_t d = 0; d < n; ++d) y[d] += w * static_cast<acc_t>(x[d]);
+}
+
+// Row `row` of a [rows, H, dim] tensor converted to the accumulation type.
+template <typename acc_t, typename scalar_t>
+inline void load_row(acc_t* dst, const RowsParams& r, int64_t row, int64_t heads, int64_t dim) {
+  for (int64_t h = 0; h < heads; ++h) {
+    const scalar_t* src = row_ptr<scalar_t>(r, row, h);
+    for (int64_t d = 0; d < dim; ++d) dst[h * dim + d] = static_cast<acc_t>(src[d]);
+  }
+}
+
+template <typename acc_t, typename scalar_t>
+inline acc_t bias_at(const ForwardParams& p, int64_t edge, int64_t h) {
+  if (p.bias == nullptr) return 0;
+  return static_cast<acc_t>(
+      static_cast<const scalar_t*>(p.bias)[edge * p.bias_edge_stride + h * p.bias_head_stride]);
+}
+
+template <typename acc_t, typename scalar_t>
+inline acc_t score(const ForwardParams& p, const acc_t* q_row, int64_t src, int64_t edge, int64_t h) {
+  const acc_t s = dot(q_row + h * p.head_dim, row_ptr<scalar_t>(p.k, src, h), p.head_dim);
+  return static_cast<acc_t>(p.scale) * s + bias_at<acc_t, scalar_t>(p, edge, h);
+}
+
+// Scores are computed for a chunk of edges, then folded into a running
+// (max, sum, acc) per head: exp() runs once per edge and head, and the
+// accumulator is rescaled once per chunk, not once per edge.
+constexpr int64_t kChunk = 64;
+
+template <typename scalar_t, typename acc_t, typename Neighbours>
+void forward(const ForwardParams& p, const Neighbours& nb) {
+  const int64_t H = p.num_heads, D = p.head_dim, Dv = p.value_dim;
+  const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
+  at::parallel_for(0, p.num_dst, 16, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> q_row(H * D), acc(H * Dv), row_max(H), row_sum(H), scores(kChunk * H);
+    std::vector<int64_t> srcs(kChunk);
+    for (int64_t i = begin; i < end; ++i) {
+      load_row<acc_t, scalar_t>(q_row.data(), p.q, i, H, D);
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      std::fill(row_max.begin(), row_max.end(), neg_inf);
+      std::fill(row_sum.begin(), row_sum.end(), acc_t(0));
+      const auto [first, last] = nb.range(i);
+      for (int64_t c = first; c < last; c += kChunk) {
+        const int64_t n = std::min(kChunk, last - c);
+        for (int64_t t = 0; t < n; ++t) {
+          srcs[t] = nb.node(c + t);
+          for (int64_t h = 0; h < H; ++h)
+            scores[t * H + h] = score<acc_t, scalar_t>(p, q_row.data(), srcs[t], nb.edge(c + t), h);
+        }
+        for (int64_t h = 0; h < H; ++h) {
+          acc_t chunk_max = neg_inf;
+          for (int64_t t = 0; t < n; ++t) chunk_max = std::max(chunk_max, scores[t * H + h]);
+          if (chunk_max > row_max[h]) {
+            const acc_t rescale = std::exp(row_max[h] - chunk_max);  // 0 when row_max was -inf
+            row_sum[h] *= rescale;
+            for (int64_t d = 0; d < Dv; ++d) acc[h * Dv + d] *= rescale;
+            row_max[h] = chunk_max;
+          }
+        }
+        for (int64_t t = 0; t < n; ++t) {
+          for (int64_t h = 0; h < H; ++h) {
+            const acc_t w = std::exp(scores[t * H + h] - row_max[h]);
+            row_sum[h] += w;
+            axpy(acc.data() + h * Dv, w, row_ptr<scalar_t>(p.v, srcs[t], h), Dv);
+          }
+        }
+      }
+      scalar_t* out = static_cast<scalar_t*>(p.out) + i * H * Dv;
+      acc_t* lse = static_cast<acc_t*>(p.lse) + i * H;
+      for (int64_t h = 0; h < H; ++h) {
+        // A row without edges: out = 0 and lse = -inf (row_sum is 0).
+        const acc_t inv = row_sum[h] > 0 ? acc_t(1) / row_sum[h] : acc_t(0);
+        for (int64_t d = 0; d < Dv; ++d) out[h * Dv + d] = static_cast<scalar_t>(acc[h * Dv + d] * inv);
+        lse[h] = row_sum[h] > 0 ? row_max[h] + std::log(row_sum[h]) : neg_inf;
+      }
+    }
+  });
+}
+
+// Backward, pass 1, over target rows: Delta_i = rowsum(dO_i * O_i) - dlse_i,
+// then for each incoming edge ds = p (dp - Delta_i) with p = exp(s - lse_i),
+// dp = <dO_i, v_j>; dQ_i = scale * sum ds k_j; dbias[edge] = ds.
+template <typename scalar_t, typename acc_t, typename Neighbours>
+void backward_targets(const BackwardParams& b, const Neighbours& nb) {
+  const ForwardParams& p = b.fwd;
+  const int64_t H = p.num_heads, D = p.head_dim, Dv = p.value_dim;
+  at::parallel_for(0, p.num_dst, 16, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> q_row(H * D), go_row(H * Dv), dq(H * D);
+    for (int64_t i = begin; i < end; ++i) {
+      load_row<acc_t, scalar_t>(q_row.data(), p.q, i, H, D);
+      load_row<acc_t, scalar_t>(go_row.data(), b.grad_out, i, H, Dv);
+      const acc_t* lse = static_cast<const acc_t*>(p.lse) + i * H;
+      acc_t* delta = static_cast<acc_t*>(b.delta) + i * H;
+      const scalar_t* out = static_cast<const scalar_t*>(p.out) + i * H * Dv;
+      for (int64_t h = 0; h < H; ++h) {
+        delta[h] = dot(go_row.data() + h * Dv, out + h * Dv, Dv);
+        if (b.grad_lse != nullptr) delta[h] -= static_cast<const acc_t*>(b.grad_lse)[i * H + h];
+      }
+      std::fill(dq.begin(), dq.end(), acc_t(0));
+      const auto [first, last] = nb.range(i);
+      for (int64_t e = first; e < last; ++e) {
+        const int64_t j = nb.node(e), edge = nb.edge(e);
+        for (int64_t h = 0; h < H; ++h) {
+          const acc_t prob = std::exp(score<acc_t, scalar_t>(p, q_row.data(), j, edge, h) - lse[h]);
+          const acc_t dp = dot(go_row.data() + h * Dv, row_ptr<scalar_t>(p.v, j, h), Dv);
+          const acc_t ds = prob * (dp - delta[h]);
+          axpy(dq.data() + h * D, ds, row_ptr<scalar_t>(p.k, j, h), D);
+          if (b.grad_bias != nullptr) static_cast<scalar_t*>(b.grad_bias)[edge * H + h] = static_cast<scalar_t>(ds);
+        }
+      }
+      scalar_t* grad_q = static_cast<scalar_t*>(b.grad_q) + i * H * D;
+      for (int64_t d = 0; d < H * D; ++d) grad_q[d] = static_cast<scalar_t>(static_cast<acc_t>(p.scale) * dq[d]);
+    }
+  });
+}
+
+// Backward, pass 2, over source rows (the transposed CSR, or the same segment):
+// dV_j = sum p dO_i and dK_j = scale * sum ds q_i over the edges leaving j.
+template <typename scalar_t, typename acc_t, typename Neighbours>
+void backward_sources(const BackwardParams& b, const Neighbours& nb) {
+  const ForwardParams& p = b.fwd;
+  const int64_t H = p.num_heads, D = p.head_dim, Dv = p.value_dim;
+  at::parallel_for(0, p.num_src, 16, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> k_row(H * D), v_row(H * Dv), dk(H * D), dv(H * Dv);
+    for (int64_t j = begin; j < end; ++j) {
+      load_row<acc_t, scalar_t>(k_row.data(), p.k, j, H, D);
+      load_row<acc_t, scalar_t>(v_row.data(), p.v, j, H, Dv);
+      std::fill(dk.begin(), dk.end(), acc_t(0));
+      std::fill(dv.begin(), dv.end(), acc_t(0));
+      const auto [first, last] = nb.range(j);
+      for (int64_t e = first; e < last; ++e) {
+        const int64_t i = nb.node(e), edge = nb.edge(e);
+        const acc_t* lse = static_cast<const acc_t*>(p.lse) + i * H;
+        const acc_t* delta = static_cast<const acc_t*>(b.delta) + i * H;
+        for (int64_t h = 0; h < H; ++h) {
+          const scalar_t* q_i = row_ptr<scalar_t>(p.q, i, h);
+          const scalar_t* go_i = row_ptr<scalar_t>(b.grad_out, i, h);
+          const acc_t s = static_cast<acc_t>(p.scale) * dot(k_row.data() + h * D, q_i, D) +
+                          bias_at<acc_t, scalar_t>(p, edge, h);
+          const acc_t prob = std::exp(s - lse[h]);
+          const acc_t dp = dot(v_row.data() + h * Dv, go_i, Dv);
+          const acc_t ds = prob * (dp - delta[h]);
+          axpy(dv.data() + h * Dv, prob, go_i, Dv);
+          axpy(dk.data() + h * D, ds, q_i, D);
+        }
+      }
+      scalar_t* grad_k = static_cast<scalar_t*>(b.grad_k) + j * H * D;
+      scalar_t* grad_v = static_cast<scalar_t*>(b.grad_v) + j * H * Dv;
+      for (int64_t d = 0; d < H * D; ++d) grad_k[d] = static_cast<scalar_t>(static_cast<acc_t>(p.scale) * dk[d]);
+      for (int64_t d = 0; d < H * Dv; ++d) grad_v[d] = static_cast<scalar_t>(dv[d]);
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace graphattn

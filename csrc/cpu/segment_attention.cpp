@@ -1,0 +1,78 @@
+// CPU implementation of graphattn::segment_attention_{forward,backward}:
+// complete attention inside each segment of a batch of graphs, by the same row
+// kernels as the CSR op with implicit neighbours (no edge list, no padding,
+// nothing of size segment^2 allocated).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <torch/library.h>
+
+#include "../tensor_params.h"
+#include "attention_rows.h"
+
+namespace graphattn {
+namespace cpu {
+namespace {
+
+SegmentNeighbours segment_neighbours(const at::Tensor& ptr, int64_t num_nodes) {
+  TORCH_CHECK(ptr.dim() == 1 && ptr.numel() >= 1 && ptr.scalar_type() == at::kLong && ptr.is_contiguous(),
+              "graphattn: ptr must be a contiguous int64 vector of segment offsets");
+  TORCH_CHECK(ptr[0].item<int64_t>() == 0 && ptr[-1].item<int64_t>() == num_nodes,
+              "graphattn: ptr must run from 0 to the number of nodes (", num_nodes, ")");
+  return SegmentNeighbours{ptr.data_ptr<int64_t>(), ptr.numel() - 1};
+}
+
+std::tuple<at::Tensor, at::Tensor> segment_attention_forward(const at::Tensor& q_in, const at::Tensor& k_in,
+                                                             const at::Tensor& v_in, const at::Tensor& ptr,
+                                                             double scale) {
+  const at::Tensor q = last_dim_contiguous(q_in), k = last_dim_contiguous(k_in), v = last_dim_contiguous(v_in);
+  TORCH_CHECK(q.size(0) == k.size(0), "graphattn: segments need as many queries as keys");
+  at::Tensor out = at::empty({q.size(0), q.size(1), v.size(2)}, q.options());
+  at::Tensor lse = at::empty({q.size(0), q.size(1)}, q.options().dtype(stats_dtype(q)));
+  const ForwardParams p = forward_params(q, k, v, c10::nullopt, scale, out, lse);
+  const SegmentNeighbours nb = segment_neighbours(ptr, q.size(0));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "segment_attention_forward", [&] {
+    forward<scalar_t, at::opmath_type<scalar_t>>(p, nb);
+  });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_attention_backward(
+    const at::Tensor& grad_out_in, const c10::optional<at::Tensor>& grad_lse, const at::Tensor& q_in,
+    const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& out_in, const at::Tensor& lse_in,
+    const at::Tensor& ptr, double scale) {
+  const at::Tensor q = last_dim_contiguous(q_in), k = last_dim_contiguous(k_in), v = last_dim_contiguous(v_in);
+  const at::Tensor grad_out = last_dim_contiguous(grad_out_in);
+  const at::ScalarType acc = stats_dtype(q);
+  at::Tensor out = out_in.contiguous(), lse = lse_in.to(acc).contiguous();
+  at::Tensor glse;
+  if (grad_lse.has_value()) glse = grad_lse->to(acc).contiguous();
+  BackwardParams b;
+  b.fwd = forward_params(q, k, v, c10::nullopt, scale, out, lse);
+  b.grad_out = rows_params(grad_out);
+  b.grad_lse = glse.defined() ? glse.data_ptr() : nullptr;
+  at::Tensor delta = at::empty({q.size(0), q.size(1)}, q.options().dtype(acc));
+  at::Tensor grad_q = at::empty(q.sizes(), q.options()), grad_k = at::empty(k.sizes(), k.options()),
+             grad_v = at::empty(v.sizes(), v.options());
+  b.delta = delta.data_ptr();
+  b.grad_q = grad_q.data_ptr();
+  b.grad_k = grad_k.data_ptr();
+  b.grad_v = grad_v.data_ptr();
+  const SegmentNeighbours nb = segment_neighbours(ptr, q.size(0));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "segment_attention_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    backward_targets<scalar_t, acc_t>(b, nb);  // fills delta, which the source pass reads
+    backward_sources<scalar_t, acc_t>(b, nb);  // a segment is its own transpose
+  });
+  return {grad_q, grad_k, grad_v};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(graphattn, CPU, m) {
+  m.impl("segment_attention_forward", &segment_attention_forward);
+  m.impl("segment_attention_backward", &segment_attention_backward);
+}
+
+}  // namespace cpu
+}  // namespace graphattn

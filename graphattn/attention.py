@@ -1,0 +1,132 @@
+"""graphattn.attention: validate the call, normalise the pattern to a Graph,
+pick a backend, run it through graphattn's autograd ops.
+
+Every bad call raises ValueError / TypeError / IndexError naming the argument
+and the expected form before any kernel reads memory.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from . import dispatch
+from .backends import Call
+from .graph import Graph
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_qkv(q, k, v):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}; cast them with .to()")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if q.dtype == torch.float64 and q.device.type != "cpu":
+        raise TypeError("float64 is supported on CPU only; use float32 on the GPU")
+
+
+def _check_rows(q, k, v, lead: str):
+    """Shared shape checks: q [.., Lq, H, D], k [.., Lk, H, D], v [.., Lk, H, Dv]."""
+    if q.shape[-2] != k.shape[-2] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"q, k, v must have the same number of heads H (dim -2), "
+                         f"got {q.shape[-2]}, {k.shape[-2]}, {v.shape[-2]}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k must have the same head dim D (dim -1), got {q.shape[-1]} and {k.shape[-1]}")
+    if k.shape[-3] != v.shape[-3]:
+        raise ValueError(f"k and v must have the same number of {lead} (dim -3), got {k.shape[-3]} and {v.shape[-3]}")
+    if q.shape[-1] == 0 or v.shape[-1] == 0:
+        raise ValueError("head dims must be at least 1")
+
+
+def _as_graph(edge_index, q, k) -> Graph:
+    if isinstance(edge_index, Graph):
+        graph = edge_index
+    elif isinstance(edge_index, torch.Tensor):
+        if edge_index.device != q.device:
+            raise ValueError(f"edge_index is on {edge_index.device} but q is on {q.device}; move it with .to()")
+        graph = Graph.from_edge_index(edge_index, num_nodes=(k.shape[0], q.shape[0]))
+    else:
+        raise TypeError("edge_index must be None (dense), an integer tensor [2, E] or a graphattn.Graph, "
+                        f"got {type(edge_index).__name__}")
+    if graph.device != q.device:
+        raise ValueError(f"the Graph is on {graph.device} but q is on {q.device}; move it with graph.to(q.device)")
+    if graph.num_dst != q.shape[0] or graph.num_src != k.shape[0]:
+        raise ValueError(f"the Graph has {graph.num_src} sources and {graph.num_dst} targets, but k has "
+                         f"{k.shape[0]} rows and q {q.shape[0]}; build it with num_nodes=(N_src, N_dst)")
+    return graph
+
+
+def _check_bias(bias, q, graph: Graph):
+    if not isinstance(bias, torch.Tensor):
+        raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+    if graph.kind != "csr":
+        raise ValueError("bias is taken on the sparse (edge_index) path only; it is not defined for dense "
+                         "or segment attention")
+    e, h = graph.num_edges, q.shape[1]
+    if tuple(bias.shape) not in ((e, h), (e,)):
+        raise ValueError(f"bias must be [E, H] = [{e}, {h}] or [E] = [{e}] in edge_index column order, "
+                         f"got {list(bias.shape)}")
+    if bias.dtype != q.dtype:
+        raise TypeError(f"bias must have the dtype of q ({q.dtype}), got {bias.dtype}")
+    if bias.device != q.device:
+        raise ValueError(f"bias is on {bias.device} but q is on {q.device}")
+    return bias[:, None].expand(e, h) if bias.dim() == 1 else bias
+
+
+def attention(q, k, v, edge_index=None, *, bias=None, scale: Optional[float] = None, causal: bool = False,
+              return_lse: bool = False, backend: str = "auto"):
+    """Fused attention of q over k, v along `edge_index` (see shared/API.md).
+
+    edge_index None: dense, q [*B, Lq, H, D], k [*B, Lk, H, D], v [*B, Lk, H, Dv].
+    edge_index [2, E] (j = edge_index[0] -> i = edge_index[1]) or a Graph: q [N_dst, H, D],
+    k [N_src, H, D], v [N_src, H, Dv]. Returns out (and lse with return_lse=True).
+    """
+    _check_qkv(q, k, v)
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string ('auto' or a backend name), got {type(backend).__name__}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1]) if q.dim() and q.shape[-1] else 1.0
+    elif not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
+        raise TypeError(f"scale must be a finite float or None, got {scale!r}")
+    scale = float(scale)
+
+    if edge_index is None:
+        if q.dim() < 3 or k.dim() != q.dim() or v.dim() != q.dim():
+            raise ValueError("dense attention takes q [*B, Lq, H, D], k [*B, Lk, H, D], v [*B, Lk, H, Dv] "
+                             f"of one rank >= 3, got ranks {q.dim()}, {k.dim()}, {v.dim()}")
+        if not (q.shape[:-3] == k.shape[:-3] == v.shape[:-3]):
+            raise ValueError(f"q, k, v must have the same leading dims, got {list(q.shape[:-3])}, "
+                             f"{list(k.shape[:-3])}, {list(v.shape[:-3])}")
+        _check_rows(q, k, v, "keys")
+        if bias is not None:
+            raise ValueError("bias is taken on the sparse (edge_index) path only, not on dense attention")
+        graph, pattern = None, "dense"
+    else:
+        if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
+            raise ValueError("graph attention takes q [N_dst, H, D], k [N_src, H, D], v [N_src, H, Dv], "
+                             f"got ranks {q.dim()}, {k.dim()}, {v.dim()}")
+        _check_rows(q, k, v, "source rows")
+        graph = _as_graph(edge_index, q, k)
+        pattern = graph.kind
+        if causal:
+            raise ValueError("causal is taken on the dense path only (edge_index=None); on a graph, leave out "
+                             "the edges you do not want")
+        if bias is not None:
+            bias = _check_bias(bias, q, graph)
+
+    call = Call(
+        pattern=pattern, device_type=q.device.type, dtype=q.dtype,
+        num_heads=q.shape[-2], head_dim=q.shape[-1], value_dim=v.shape[-1],
+        has_bias=bias is not None, causal=bool(causal),
+        deterministic=torch.are_deterministic_algorithms_enabled(), return_lse=bool(return_lse),
+    )
+    chosen = dispatch.choose(call, backend)
+    out, lse = chosen.attention(call, q, k, v, graph, bias, scale, bool(causal))
+    return (out, lse) if return_lse else out

@@ -1,0 +1,111 @@
+"""What a backend is: the capabilities it declares and the entry points it implements.
+
+A backend declares devices, dtypes, patterns, head-dim limit, bias support and
+determinism; `not_supported_reasons(call)` turns those (plus whether its code
+can run on this machine at all) into the list of reasons it cannot serve a call.
+Kernel backends implement the `*_forward` / `*_backward` entry points of the
+patterns they serve; graphattn's autograd ops (graphattn/ops.py) call them, so
+every kernel backend shares one autograd wiring and one lse convention.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+ALL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class Call:
+    """The facts about one attention call that decide which backend may serve it."""
+
+    pattern: str  # "csr" (edge list), "segments" (batch of complete graphs) or "dense"
+    device_type: str
+    dtype: torch.dtype
+    num_heads: int
+    head_dim: int
+    value_dim: int
+    has_bias: bool
+    causal: bool
+    deterministic: bool  # torch.use_deterministic_algorithms(True) is on
+    return_lse: bool
+
+
+class Backend:
+    name = "?"
+    devices: tuple = ()
+    dtypes: tuple = ALL_DTYPES
+    patterns: tuple = ()
+    max_head_dim: Optional[int] = None
+    supports_bias = True
+    supports_causal = True
+    # Bitwise identical results run to run on the given device type.
+    deterministic_on: tuple = ("cpu", "cuda")
+
+    def unavailable_reason(self, device_type: str) -> Optional[str]:
+        """Why this backend's code cannot run here at all, or None."""
+        return None
+
+    def not_supported_reasons(self, call: Call) -> list:
+        reasons = []
+        if call.device_type not in self.devices:
+            reasons.append(f"runs on {'/'.join(self.devices)} tensors, not {call.device_type}")
+        else:
+            why = self.unavailable_reason(call.device_type)
+            if why:
+                reasons.append(why)
+        if call.pattern not in self.patterns:
+            reasons.append(f"serves the {'/'.join(self.patterns)} pattern(s), not {call.pattern}")
+        if call.dtype not in self.dtypes:
+            reasons.append(f"does not take {call.dtype}")
+        if call.dtype == torch.float64 and call.device_type != "cpu":
+            reasons.append("float64 is served on CPU only")
+        if self.max_head_dim is not None and max(call.head_dim, call.value_dim) > self.max_head_dim:
+            reasons.append(f"head dim {max(call.head_dim, call.value_dim)} > {self.max_head_dim}")
+        if call.has_bias and not self.supports_bias:
+            reasons.append("does not take bias")
+        if call.causal and not self.supports_causal:
+            reasons.append("does not take causal")
+        if call.deterministic and call.device_type not in self.deterministic_on:
+            reasons.append(f"is not bitwise deterministic on {call.device_type} "
+                           "(torch.use_deterministic_algorithms(True) is on)")
+        return reasons
+
+    # ---- kernel entry points (see graphattn/ops.py for the contract) ----
+    def csr_forward(self, q, k, v, rowptr, col, eid, bias, scale):
+        raise NotImplementedError(self.name)
+
+    def csr_backward(self, grad_out, grad_lse, q, k, v, bias, out, lse, rowptr, col, eid,
+                     colptr, row_t, eid_t, scale, need_dbias):
+        raise NotImplementedError(self.name)
+
+    def segment_forward(self, q, k, v, ptr, scale):
+        raise NotImplementedError(self.name)
+
+    def segment_backward(self, grad_out, grad_lse, q, k, v, out, lse, ptr, scale):
+        raise NotImplementedError(self.name)
+
+    def dense_forward(self, q, k, v, scale, causal):
+        raise NotImplementedError(self.name)
+
+    def dense_backward(self, grad_out, grad_lse, q, k, v, out, lse, scale, causal):
+        raise NotImplementedError(self.name)
+
+    # ---- the differentiable entry point attention() calls ----
+    def attention(self, call: Call, q, k, v, graph, bias, scale: float, causal: bool):
+        """-> (out, lse); differentiable. Kernel backends go through graphattn's ops."""
+        from .. import ops
+
+        if call.pattern == "csr":
+            needs_grad = torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad for t in (q, k, v, bias))
+            t = graph.transposed() if needs_grad else None
+            return ops.sparse_attention(
+                q, k, v, bias, graph.rowptr, graph.col, graph.eid,
+                None if t is None else t.colptr, None if t is None else t.row, None if t is None else t.eid,
+                scale, self.name)
+        if call.pattern == "segments":
+            return ops.segment_attention(q, k, v, graph.ptr, scale, self.name)
+        return ops.dense_attention(q, k, v, scale, causal, self.name)

@@ -1,0 +1,58 @@
+"""The Triton kernels of kernels/ (installed as graphattn.kernels).
+
+On CUDA tensors they compile for the GPU. On CPU tensors they run only in
+Triton's interpreter, which must be switched on with TRITON_INTERPRET=1 before
+triton is first imported: that is how CPU-only machines (and CI) test them.
+`auto` never picks this backend for CPU tensors: the interpreter is slow.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+
+from .base import Backend
+
+
+def _import(module):
+    return importlib.import_module(f"graphattn.kernels.{module}")
+
+
+class TritonBackend(Backend):
+    name = "triton"
+    devices = ("cuda", "cpu")
+    dtypes = (torch.float16, torch.bfloat16, torch.float32)
+    patterns = ("csr", "segments", "dense")
+    max_head_dim = 256
+
+    def unavailable_reason(self, device_type):
+        try:
+            import triton  # noqa: F401
+        except ImportError as e:
+            return f"triton is not installed ({e})"
+        if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            return "CPU tensors need Triton's interpreter: set TRITON_INTERPRET=1 before importing triton"
+        return None
+
+    def csr_forward(self, q, k, v, rowptr, col, eid, bias, scale):
+        return _import("csr_attention").csr_attention_forward(q, k, v, rowptr, col, eid, bias, scale)
+
+    def csr_backward(self, grad_out, grad_lse, q, k, v, bias, out, lse, rowptr, col, eid,
+                     colptr, row_t, eid_t, scale, need_dbias):
+        return _import("csr_attention").csr_attention_backward(
+            grad_out, grad_lse, q, k, v, bias, out, lse, rowptr, col, eid, colptr, row_t, eid_t, scale, need_dbias)
+
+    def segment_forward(self, q, k, v, ptr, scale):
+        return _import("dense_attention").segment_attention_forward(q, k, v, ptr, scale)
+
+    def segment_backward(self, grad_out, grad_lse, q, k, v, out, lse, ptr, scale):
+        return _import("dense_attention").segment_attention_backward(grad_out, grad_lse, q, k, v, out, lse, ptr,
+                                                                      scale)
+
+    def dense_forward(self, q, k, v, scale, causal):
+        return _import("dense_attention").dense_attention_forward(q, k, v, scale, causal)
+
+    def dense_backward(self, grad_out, grad_lse, q, k, v, out, lse, scale, causal):
+        return _import("dense_attention").dense_attention_backward(grad_out, grad_lse, q, k, v, out, lse, scale,
+                                                                   causal)

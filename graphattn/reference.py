@@ -1,0 +1,89 @@
+"""Pure-PyTorch oracle for every pattern of the contract.
+
+Tests and benchmarks compare every kernel against these functions. They favour
+clarity over speed and memory: the sparse one materialises `[E, H]` scores and
+`[E, H, Dv]` messages, the dense one the full `[Lq, Lk]` score matrix (one
+segment's square at a time for segments). Each computes in the dtype it is
+given; callers pass float64 copies when they want an exact answer.
+
+All are max-subtracted (no overflow for large logits) and give `out = 0`,
+`lse = -inf` and zero gradients for a target without edges, never NaN.
+Gradients come from autograd.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def sparse_attention(q, k, v, src, dst, bias=None, scale=None):
+    """Edge-softmax attention over explicit edges `src[e] -> dst[e]`.
+
+    q [N_dst, H, D], k [N_src, H, D], v [N_src, H, Dv], src/dst [E] integer,
+    bias None, [E] or [E, H]. Returns (out [N_dst, H, Dv], lse [N_dst, H]).
+    """
+    n_dst, heads = q.shape[0], q.shape[1]
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    src, dst = src.long(), dst.long()
+    scores = scale * (q[dst] * k[src]).sum(-1)  # [E, H]
+    if bias is not None:
+        scores = scores + (bias[:, None] if bias.dim() == 1 else bias)
+    # Softmax is shift-invariant, so the per-target max can be detached: it
+    # only keeps exp() in range and never changes the value or the gradient.
+    with torch.no_grad():
+        row_max = scores.new_full((n_dst, heads), -math.inf)
+        row_max.scatter_reduce_(0, dst[:, None].expand_as(scores), scores, "amax")
+    weights = torch.exp(scores - row_max[dst])
+    denom = scores.new_zeros((n_dst, heads)).index_add(0, dst, weights)
+    # Targets without edges have denom 0: log gives -inf, which is their lse.
+    lse = row_max.nan_to_num(neginf=0.0) + torch.log(denom)
+    alpha = weights / denom[dst]
+    out = v.new_zeros((n_dst, heads, v.shape[-1])).index_add(0, dst, alpha[..., None] * v[src])
+    return out, lse
+
+
+def dense_attention(q, k, v, scale=None, causal=False):
+    """Full attention, `q [*B, Lq, H, D]`, `k [*B, Lk, H, D]`, `v [*B, Lk, H, Dv]`.
+
+    Same as `scaled_dot_product_attention` after moving the head axis; `causal`
+    is top-left aligned like SDPA's `is_causal`. Returns (out [*B, Lq, H, Dv],
+    lse [*B, Lq, H]).
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if k.shape[-3] == 0:  # nothing to attend to: zeros, like a target without edges
+        out = v.new_zeros(q.shape[:-1] + v.shape[-1:])
+        return out, q.new_full(q.shape[:-1], -math.inf)
+    qh, kh, vh = (t.transpose(-3, -2) for t in (q, k, v))  # [*B, H, L, D]
+    scores = scale * (qh @ kh.transpose(-1, -2))  # [*B, H, Lq, Lk]
+    if causal:
+        lq, lk = scores.shape[-2:]
+        allowed = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~allowed, -math.inf)
+    with torch.no_grad():
+        row_max = scores.amax(-1, keepdim=True).nan_to_num(neginf=0.0)
+    weights = torch.exp(scores - row_max)
+    denom = weights.sum(-1, keepdim=True)
+    lse = (row_max + torch.log(denom)).squeeze(-1)
+    # A row with no allowed key (Lk = 0) has denom 0: give it 0, not NaN.
+    out = (weights / denom.clamp_min(torch.finfo(denom.dtype).tiny)) @ vh
+    return out.transpose(-3, -2), lse.transpose(-2, -1)
+
+
+def segment_attention(q, k, v, ptr, scale=None):
+    """Each node attends to every node of its own segment `[ptr[s], ptr[s+1])`.
+
+    q, k [N, H, D], v [N, H, Dv]. One segment's square at a time.
+    Returns (out [N, H, Dv], lse [N, H]).
+    """
+    outs, lses = [], []
+    bounds = ptr.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        if end == start:
+            continue
+        o, l = dense_attention(q[start:end], k[start:end], v[start:end], scale=scale)
+        outs.append(o)
+        lses.append(l)
+    if not outs:
+        return v.new_zeros((0, q.shape[1], v.shape[-1])), q.new_zeros((0, q.shape[1]))
+    return torch.cat(outs), torch.cat(lses)

@@ -1,0 +1,1 @@
+"""Triton kernels of graphattn (installed as graphattn.kernels): one file per pattern."""

@@ -20,11 +20,7 @@ import torch
 from torch import Tensor
 
 from .backends import get_backend
-
-
-def stats_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype of lse and of every softmax statistic for inputs of `dtype`."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from .backends.base import stats_dtype
 
 
 def _fake_out_lse(q, v, rows: int):
@@ -41,20 +37,20 @@ def _zeros_if_none(grad_out, out):
 # Edge list (target-sorted CSR)
 # ---------------------------------------------------------------------------
 @torch.library.custom_op("graphattn::attention_csr", mutates_args=())
-def sparse_attention(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], rowptr: Tensor, col: Tensor,
+def attention_csr(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], rowptr: Tensor, col: Tensor,
                      eid: Tensor, colptr: Optional[Tensor], row_t: Optional[Tensor], eid_t: Optional[Tensor],
                      scale: float, backend: str) -> tuple[Tensor, Tensor]:
     """Forward over the CSR; colptr/row_t/eid_t (the transposed CSR) are kept for the backward only."""
     return get_backend(backend).csr_forward(q, k, v, rowptr, col, eid, bias, scale)
 
 
-@sparse_attention.register_fake
+@attention_csr.register_fake
 def _(q, k, v, bias, rowptr, col, eid, colptr, row_t, eid_t, scale, backend):
     return _fake_out_lse(q, v, q.shape[0])
 
 
 @torch.library.custom_op("graphattn::attention_csr_backward", mutates_args=())
-def sparse_attention_backward(grad_out: Tensor, grad_lse: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor,
+def attention_csr_backward(grad_out: Tensor, grad_lse: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor,
                               bias: Optional[Tensor], out: Tensor, lse: Tensor, rowptr: Tensor, col: Tensor,
                               eid: Tensor, colptr: Tensor, row_t: Tensor, eid_t: Tensor, scale: float,
                               need_dbias: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -64,59 +60,59 @@ def sparse_attention_backward(grad_out: Tensor, grad_lse: Optional[Tensor], q: T
     return dq, dk, dv, dbias if need_dbias else q.new_empty(0)
 
 
-@sparse_attention_backward.register_fake
+@attention_csr_backward.register_fake
 def _(grad_out, grad_lse, q, k, v, bias, out, lse, rowptr, col, eid, colptr, row_t, eid_t, scale, need_dbias,
       backend):
     dbias = q.new_empty((col.shape[0], q.shape[1])) if need_dbias else q.new_empty(0)
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dbias
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dbias
 
 
-def _sparse_setup(ctx, inputs, output):
+def _csr_setup(ctx, inputs, output):
     q, k, v, bias, rowptr, col, eid, colptr, row_t, eid_t, scale, backend = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, bias, out, lse, rowptr, col, eid, colptr, row_t, eid_t)
     ctx.scale, ctx.backend = scale, backend
 
 
-def _sparse_backward(ctx, grad_out, grad_lse):
+def _csr_backward(ctx, grad_out, grad_lse):
     q, k, v, bias, out, lse, rowptr, col, eid, colptr, row_t, eid_t = ctx.saved_tensors
     if colptr is None:
         raise RuntimeError("graphattn: backward needs the Graph's transposed CSR, which was not passed "
                            "because no input required grad when attention() was called")
     need_dbias = bias is not None and ctx.needs_input_grad[3]
-    dq, dk, dv, dbias = sparse_attention_backward(
+    dq, dk, dv, dbias = attention_csr_backward(
         _zeros_if_none(grad_out, out), grad_lse, q, k, v, bias, out, lse, rowptr, col, eid,
         colptr, row_t, eid_t, ctx.scale, need_dbias, ctx.backend)
     return dq, dk, dv, (dbias if need_dbias else None), None, None, None, None, None, None, None, None
 
 
-sparse_attention.register_autograd(_sparse_backward, setup_context=_sparse_setup)
+attention_csr.register_autograd(_csr_backward, setup_context=_csr_setup)
 
 
 # ---------------------------------------------------------------------------
 # Segments (a batch of complete graphs)
 # ---------------------------------------------------------------------------
 @torch.library.custom_op("graphattn::attention_segments", mutates_args=())
-def segment_attention(q: Tensor, k: Tensor, v: Tensor, ptr: Tensor, scale: float,
+def attention_segments(q: Tensor, k: Tensor, v: Tensor, ptr: Tensor, scale: float,
                       backend: str) -> tuple[Tensor, Tensor]:
     return get_backend(backend).segment_forward(q, k, v, ptr, scale)
 
 
-@segment_attention.register_fake
+@attention_segments.register_fake
 def _(q, k, v, ptr, scale, backend):
     return _fake_out_lse(q, v, q.shape[0])
 
 
 @torch.library.custom_op("graphattn::attention_segments_backward", mutates_args=())
-def segment_attention_backward(grad_out: Tensor, grad_lse: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor,
+def attention_segments_backward(grad_out: Tensor, grad_lse: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor,
                                out: Tensor, lse: Tensor, ptr: Tensor, scale: float,
                                backend: str) -> tuple[Tensor, Tensor, Tensor]:
     return tuple(get_backend(backend).segment_backward(grad_out, grad_lse, q, k, v, out, lse, ptr, scale))
 
 
-@segment_attention_backward.register_fake
+@attention_segments_backward.register_fake
 def _(grad_out, grad_lse, q, k, v, out, lse, ptr, scale, backend):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _segment_setup(ctx, inputs, output):
@@ -127,39 +123,39 @@ def _segment_setup(ctx, inputs, output):
 
 def _segment_backward(ctx, grad_out, grad_lse):
     q, k, v, out, lse, ptr = ctx.saved_tensors
-    dq, dk, dv = segment_attention_backward(_zeros_if_none(grad_out, out), grad_lse, q, k, v, out, lse,
+    dq, dk, dv = attention_segments_backward(_zeros_if_none(grad_out, out), grad_lse, q, k, v, out, lse,
                                             ptr, ctx.scale, ctx.backend)
     return dq, dk, dv, None, None, None
 
 
-segment_attention.register_autograd(_segment_backward, setup_context=_segment_setup)
+attention_segments.register_autograd(_segment_backward, setup_context=_segment_setup)
 
 
 # ---------------------------------------------------------------------------
 # Dense, q [B, Lq, H, D] (leading dims flattened by dense_attention below)
 # ---------------------------------------------------------------------------
 @torch.library.custom_op("graphattn::attention_dense", mutates_args=())
-def _dense_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool,
+def attention_dense(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool,
                      backend: str) -> tuple[Tensor, Tensor]:
     return get_backend(backend).dense_forward(q, k, v, scale, causal)
 
 
-@_dense_attention.register_fake
+@attention_dense.register_fake
 def _(q, k, v, scale, causal, backend):
     out = q.new_empty(q.shape[:-1] + v.shape[-1:])
     return out, q.new_empty(q.shape[:-1], dtype=stats_dtype(q.dtype))
 
 
 @torch.library.custom_op("graphattn::attention_dense_backward", mutates_args=())
-def _dense_attention_backward(grad_out: Tensor, grad_lse: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor,
+def attention_dense_backward(grad_out: Tensor, grad_lse: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor,
                               out: Tensor, lse: Tensor, scale: float, causal: bool,
                               backend: str) -> tuple[Tensor, Tensor, Tensor]:
     return tuple(get_backend(backend).dense_backward(grad_out, grad_lse, q, k, v, out, lse, scale, causal))
 
 
-@_dense_attention_backward.register_fake
+@attention_dense_backward.register_fake
 def _(grad_out, grad_lse, q, k, v, out, lse, scale, causal, backend):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _dense_setup(ctx, inputs, output):
@@ -168,19 +164,50 @@ def _dense_setup(ctx, inputs, output):
     ctx.scale, ctx.causal, ctx.backend = scale, causal, backend
 
 
-def _dense_backward_formula(ctx, grad_out, grad_lse):
+def _dense_backward(ctx, grad_out, grad_lse):
     q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = _dense_attention_backward(_zeros_if_none(grad_out, out), grad_lse, q, k, v, out, lse,
+    dq, dk, dv = attention_dense_backward(_zeros_if_none(grad_out, out), grad_lse, q, k, v, out, lse,
                                            ctx.scale, ctx.causal, ctx.backend)
     return dq, dk, dv, None, None, None
 
 
-_dense_attention.register_autograd(_dense_backward_formula, setup_context=_dense_setup)
+attention_dense.register_autograd(_dense_backward, setup_context=_dense_setup)
 
 
-def dense_attention(q, k, v, scale: float, causal: bool, backend: str):
+def attention_dense_nd(q, k, v, scale: float, causal: bool, backend: str):
     """q [*B, Lq, H, D] -> (out [*B, Lq, H, Dv], lse [*B, Lq, H]); kernels see one batch dim."""
     lead = q.shape[:-3]
     flat = lambda t: t.reshape((-1,) + t.shape[-3:])  # noqa: E731
-    out, lse = _dense_attention(flat(q), flat(k), flat(v), scale, causal, backend)
+    out, lse = attention_dense(flat(q), flat(k), flat(v), scale, causal, backend)
     return out.reshape(lead + out.shape[1:]), lse.reshape(lead + lse.shape[1:])
+
+
+# ---------------------------------------------------------------------------
+# Fake implementations of the compiled kernel ops (csrc/graphattn.cpp), so
+# they too can be traced and opchecked. Absent when graphattn._C is not built.
+# ---------------------------------------------------------------------------
+def _register_kernel_fakes():
+    try:
+        from . import _C  # noqa: F401
+    except ImportError:
+        return
+
+    @torch.library.register_fake("graphattn::csr_attention_forward")
+    def _(q, k, v, rowptr, col, eid, bias, scale):
+        return _fake_out_lse(q, v, q.shape[0])
+
+    @torch.library.register_fake("graphattn::csr_attention_backward")
+    def _(grad_out, grad_lse, q, k, v, bias, out, lse, rowptr, col, eid, colptr, row_t, eid_t, scale, need_dbias):
+        dbias = q.new_empty((col.shape[0], q.shape[1])) if need_dbias else q.new_empty(0)
+        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dbias
+
+    @torch.library.register_fake("graphattn::segment_attention_forward")
+    def _(q, k, v, ptr, scale):
+        return _fake_out_lse(q, v, q.shape[0])
+
+    @torch.library.register_fake("graphattn::segment_attention_backward")
+    def _(grad_out, grad_lse, q, k, v, out, lse, ptr, scale):
+        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+_register_kernel_fakes()

@@ -17,6 +17,11 @@ import torch
 ALL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of lse and of every softmax statistic for inputs of `dtype`."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 @dataclass(frozen=True)
 class Call:
     """The facts about one attention call that decide which backend may serve it."""
@@ -102,10 +107,10 @@ class Backend:
             needs_grad = torch.is_grad_enabled() and any(
                 t is not None and t.requires_grad for t in (q, k, v, bias))
             t = graph.transposed() if needs_grad else None
-            return ops.sparse_attention(
+            return ops.attention_csr(
                 q, k, v, bias, graph.rowptr, graph.col, graph.eid,
                 None if t is None else t.colptr, None if t is None else t.row, None if t is None else t.eid,
                 scale, self.name)
         if call.pattern == "segments":
-            return ops.segment_attention(q, k, v, graph.ptr, scale, self.name)
-        return ops.dense_attention(q, k, v, scale, causal, self.name)
+            return ops.attention_segments(q, k, v, graph.ptr, scale, self.name)
+        return ops.attention_dense_nd(q, k, v, scale, causal, self.name)

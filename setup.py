@@ -33,7 +33,7 @@ def extension():
     debug = os.environ.get("GRAPHATTN_DEBUG") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # at::parallel_for runs rows on all cores only when compiled with OpenMP.
-    cxx = opt + ["-std=c++17", "-fopenmp", "-fopenmp-simd"]
+    cxx = opt + ["-std=c++20", "-fopenmp", "-fopenmp-simd"]
     cpp = sources("csrc/*.cpp") + sources("csrc/cpu/*.cpp")
     cuda = sources("csrc/cuda/*.cu")
     if want_cuda(cuda):

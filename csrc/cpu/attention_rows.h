@@ -54,6 +54,19 @@ inline const scalar_t* row_ptr(const RowsParams& r, int64_t row, int64_t head) {
   return static_cast<const scalar_t*>(r.data) + row * r.row_stride + head * r.head_stride;
 }
 
+// The kernels are bound by the latency of gathering neighbour rows scattered
+// through memory, not by arithmetic: ask for a row a few edges before it is used.
+constexpr int64_t kPrefetchAhead = 8;
+
+template <typename scalar_t>
+inline void prefetch_row(const RowsParams& r, int64_t row, int64_t heads, int64_t dim) {
+  for (int64_t h = 0; h < heads; ++h) {
+    const char* base = reinterpret_cast<const char*>(row_ptr<scalar_t>(r, row, h));
+    for (int64_t byte = 0; byte < dim * static_cast<int64_t>(sizeof(scalar_t)); byte += 64)
+      __builtin_prefetch(base + byte);
+  }
+}
+
 template <typename acc_t, typename scalar_t>
 inline acc_t dot(const acc_t* a, const scalar_t* b, int64_t n) {
   acc_t s = 0;
@@ -110,8 +123,12 @@ void forward(const ForwardParams& p, const Neighbours& nb) {
       const auto [first, last] = nb.range(i);
       for (int64_t c = first; c < last; c += kChunk) {
         const int64_t n = std::min(kChunk, last - c);
+        for (int64_t t = 0; t < n; ++t) srcs[t] = nb.node(c + t);
         for (int64_t t = 0; t < n; ++t) {
-          srcs[t] = nb.node(c + t);
+          if (t + kPrefetchAhead < n) {
+            prefetch_row<scalar_t>(p.k, srcs[t + kPrefetchAhead], H, D);
+            prefetch_row<scalar_t>(p.v, srcs[t + kPrefetchAhead], H, Dv);  // read in the loop after this one
+          }
           for (int64_t h = 0; h < H; ++h)
             scores[t * H + h] = score<acc_t, scalar_t>(p, q_row.data(), srcs[t], nb.edge(c + t), h);
         }
@@ -168,6 +185,11 @@ void backward_targets(const BackwardParams& b, const Neighbours& nb) {
       const auto [first, last] = nb.range(i);
       for (int64_t e = first; e < last; ++e) {
         const int64_t j = nb.node(e), edge = nb.edge(e);
+        if (e + kPrefetchAhead < last) {
+          const int64_t ahead = nb.node(e + kPrefetchAhead);
+          prefetch_row<scalar_t>(p.k, ahead, H, D);
+          prefetch_row<scalar_t>(p.v, ahead, H, Dv);
+        }
         for (int64_t h = 0; h < H; ++h) {
           const acc_t prob = std::exp(score<acc_t, scalar_t>(p, q_row.data(), j, edge, h) - lse[h]);
           const acc_t dp = dot(go_row.data() + h * Dv, row_ptr<scalar_t>(p.v, j, h), Dv);
@@ -198,6 +220,11 @@ void backward_sources(const BackwardParams& b, const Neighbours& nb) {
       const auto [first, last] = nb.range(j);
       for (int64_t e = first; e < last; ++e) {
         const int64_t i = nb.node(e), edge = nb.edge(e);
+        if (e + kPrefetchAhead < last) {
+          const int64_t ahead = nb.node(e + kPrefetchAhead);
+          prefetch_row<scalar_t>(p.q, ahead, H, D);
+          prefetch_row<scalar_t>(b.grad_out, ahead, H, Dv);
+        }
         const acc_t* lse = static_cast<const acc_t*>(p.lse) + i * H;
         const acc_t* delta = static_cast<const acc_t*>(b.delta) + i * H;
         for (int64_t h = 0; h < H; ++h) {

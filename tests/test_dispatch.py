@@ -1,0 +1,86 @@
+"""Dispatch: auto picks the first capable backend of the priority list; forced
+backends serve or raise with reasons; available_backends and the info CLI."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import graphattn
+from graphattn import dispatch
+from graphattn.backends import BACKENDS, Call
+
+
+def make_call(**changes):
+    fields = dict(pattern="csr", device_type="cpu", dtype=torch.float32, num_heads=2, head_dim=8, value_dim=8,
+                  has_bias=False, causal=False, deterministic=False, return_lse=False)
+    fields.update(changes)
+    return Call(**fields)
+
+
+@pytest.mark.parametrize("pattern, expected", [("csr", "cpu"), ("segments", "cpu"), ("dense", "sdpa")])
+def test_auto_on_cpu(pattern, expected):
+    assert dispatch.choose(make_call(pattern=pattern)).name == expected
+
+
+def test_auto_never_picks_the_triton_interpreter_on_cpu(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    for pattern in ("csr", "segments", "dense"):
+        assert dispatch.choose(make_call(pattern=pattern)).name != "triton"
+
+
+def test_auto_falls_back_to_the_reference_when_the_fast_backend_cannot(monkeypatch):
+    monkeypatch.setattr(type(BACKENDS["cpu"]), "unavailable_reason", lambda self, d: "not built (test)")
+    assert dispatch.choose(make_call()).name == "reference"
+    with pytest.raises(graphattn.BackendError, match="not built"):
+        dispatch.choose(make_call(), "cpu")
+
+
+def test_when_nothing_serves_every_backend_is_listed_with_its_reasons():
+    with pytest.raises(graphattn.BackendError) as info:
+        dispatch.choose(make_call(device_type="mps"))
+    message = str(info.value)
+    for name in BACKENDS:
+        assert f"  {name}:" in message
+
+
+def test_forced_backend_reasons():
+    with pytest.raises(graphattn.BackendError, match="does not take bias"):
+        dispatch.choose(make_call(pattern="dense", has_bias=True), "sdpa")
+    with pytest.raises(graphattn.BackendError, match="float64 is served on CPU only"):
+        dispatch.choose(make_call(device_type="cuda", dtype=torch.float64), "reference")
+    with pytest.raises(graphattn.BackendError, match="head dim 300 > 256"):
+        dispatch.choose(make_call(device_type="cuda", head_dim=300), "triton")
+
+
+def test_deterministic_mode_rules_out_nondeterministic_backends():
+    with pytest.raises(graphattn.BackendError, match="not bitwise deterministic on cuda"):
+        dispatch.choose(make_call(device_type="cuda", deterministic=True), "reference")
+
+
+def test_forced_backend_runs_that_backend(monkeypatch):
+    calls = []
+    original = type(BACKENDS["reference"]).attention
+
+    def spy(self, *args):
+        calls.append(self.name)
+        return original(self, *args)
+
+    monkeypatch.setattr(type(BACKENDS["reference"]), "attention", spy)
+    q = torch.randn(3, 1, 2)
+    graphattn.attention(q, q, q, torch.tensor([[0, 1], [1, 2]]), backend="reference")
+    assert calls == ["reference"]
+
+
+def test_available_backends():
+    names = graphattn.available_backends("cpu")
+    assert {"cpu", "sdpa", "reference"} <= set(names)
+    if not torch.cuda.is_available():
+        assert graphattn.available_backends("cuda") == []
+
+
+def test_info_cli_reports_versions_and_backends():
+    result = subprocess.run([sys.executable, "-m", "graphattn.info"], capture_output=True, text=True, check=True)
+    assert "torch" in result.stdout and "graphattn" in result.stdout
+    for name in BACKENDS:
+        assert name in result.stdout

@@ -28,15 +28,16 @@ $(STAMP): $(VENV_PYTHON)
 	$(VENV_PYTHON) -m pip install -q "$(TORCH)"
 	$(VENV_PYTHON) -m pip install -q "$(TRITON)" ninja pybind11 numpy psutil tqdm matplotlib \
 		pytest pytest-benchmark torch_geometric
+	$(VENV_PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 else
 $(STAMP):
-	@true
+	$(VENV_PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
+	mkdir -p $(dir $@) && touch $@
 endif
 
-# Rebuild the extension whenever a C++/CUDA source changes.
+# (Re)build the extension in place whenever a C++/CUDA source changes (ninja: only what changed).
 graphattn/_C.so: $(STAMP) $(CSRC)
-	$(VENV_PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
 	$(VENV_PYTHON) setup.py -q build_ext --inplace
 	touch $@
 

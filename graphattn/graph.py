@@ -58,6 +58,7 @@ class Graph:
         self.eid = eid  # csr: [E] int64, the edge_index column of each target-sorted edge
         self.ptr = ptr  # segments: [S + 1] int64
         self._transposed = None
+        self._cache = {}  # backend schedules built from this pattern (see cached())
 
     # ---- construction -------------------------------------------------
     @classmethod
@@ -182,6 +183,12 @@ class Graph:
                 eid=self.eid[order].contiguous(),
             )
         return self._transposed
+
+    def cached(self, key, build):
+        """`build()` once per graph and key: backends keep their schedules here."""
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
 
     def sorted_targets(self) -> torch.Tensor:
         """The target of each edge in target-sorted order, [E]."""

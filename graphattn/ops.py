@@ -38,52 +38,55 @@ def _zeros_if_none(grad_out, out):
 # ---------------------------------------------------------------------------
 @torch.library.custom_op("graphattn::attention_csr", mutates_args=())
 def attention_csr(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], rowptr: Tensor, col: Tensor,
-                     eid: Tensor, colptr: Optional[Tensor], row_t: Optional[Tensor], eid_t: Optional[Tensor],
-                     scale: float, backend: str) -> tuple[Tensor, Tensor]:
-    """Forward over the CSR; colptr/row_t/eid_t (the transposed CSR) are kept for the backward only."""
-    return get_backend(backend).csr_forward(q, k, v, rowptr, col, eid, bias, scale)
+                  eid: Tensor, colptr: Optional[Tensor], row_t: Optional[Tensor], eid_t: Optional[Tensor],
+                  plan: list[Tensor], scale: float, backend: str) -> tuple[Tensor, Tensor]:
+    """Forward over the CSR; colptr/row_t/eid_t (the transposed CSR) are kept for the backward only.
+    `plan`: the backend's cached schedule for this graph (Backend.csr_plan), possibly empty."""
+    return get_backend(backend).csr_forward(q, k, v, rowptr, col, eid, bias, scale, plan)
 
 
 @attention_csr.register_fake
-def _(q, k, v, bias, rowptr, col, eid, colptr, row_t, eid_t, scale, backend):
+def _(q, k, v, bias, rowptr, col, eid, colptr, row_t, eid_t, plan, scale, backend):
     return _fake_out_lse(q, v, q.shape[0])
 
 
 @torch.library.custom_op("graphattn::attention_csr_backward", mutates_args=())
 def attention_csr_backward(grad_out: Tensor, grad_lse: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor,
-                              bias: Optional[Tensor], out: Tensor, lse: Tensor, rowptr: Tensor, col: Tensor,
-                              eid: Tensor, colptr: Tensor, row_t: Tensor, eid_t: Tensor, scale: float,
-                              need_dbias: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                           bias: Optional[Tensor], out: Tensor, lse: Tensor, rowptr: Tensor, col: Tensor,
+                           eid: Tensor, colptr: Tensor, row_t: Tensor, eid_t: Tensor, plan: list[Tensor],
+                           scale: float, need_dbias: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """-> (dq, dk, dv, dbias [E, H], or an empty tensor when need_dbias is False)."""
     dq, dk, dv, dbias = get_backend(backend).csr_backward(
-        grad_out, grad_lse, q, k, v, bias, out, lse, rowptr, col, eid, colptr, row_t, eid_t, scale, need_dbias)
+        grad_out, grad_lse, q, k, v, bias, out, lse, rowptr, col, eid, colptr, row_t, eid_t, scale, need_dbias,
+        plan)
     return dq, dk, dv, dbias if need_dbias else q.new_empty(0)
 
 
 @attention_csr_backward.register_fake
-def _(grad_out, grad_lse, q, k, v, bias, out, lse, rowptr, col, eid, colptr, row_t, eid_t, scale, need_dbias,
-      backend):
+def _(grad_out, grad_lse, q, k, v, bias, out, lse, rowptr, col, eid, colptr, row_t, eid_t, plan, scale,
+      need_dbias, backend):
     dbias = q.new_empty((col.shape[0], q.shape[1])) if need_dbias else q.new_empty(0)
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dbias
 
 
 def _csr_setup(ctx, inputs, output):
-    q, k, v, bias, rowptr, col, eid, colptr, row_t, eid_t, scale, backend = inputs
+    q, k, v, bias, rowptr, col, eid, colptr, row_t, eid_t, plan, scale, backend = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, bias, out, lse, rowptr, col, eid, colptr, row_t, eid_t)
+    ctx.save_for_backward(q, k, v, bias, out, lse, rowptr, col, eid, colptr, row_t, eid_t, *plan)
     ctx.scale, ctx.backend = scale, backend
 
 
 def _csr_backward(ctx, grad_out, grad_lse):
-    q, k, v, bias, out, lse, rowptr, col, eid, colptr, row_t, eid_t = ctx.saved_tensors
+    q, k, v, bias, out, lse, rowptr, col, eid, colptr, row_t, eid_t, *plan = ctx.saved_tensors
     if colptr is None:
         raise RuntimeError("graphattn: backward needs the Graph's transposed CSR, which was not passed "
                            "because no input required grad when attention() was called")
     need_dbias = bias is not None and ctx.needs_input_grad[3]
     dq, dk, dv, dbias = attention_csr_backward(
         _zeros_if_none(grad_out, out), grad_lse, q, k, v, bias, out, lse, rowptr, col, eid,
-        colptr, row_t, eid_t, ctx.scale, need_dbias, ctx.backend)
-    return dq, dk, dv, (dbias if need_dbias else None), None, None, None, None, None, None, None, None
+        colptr, row_t, eid_t, plan, ctx.scale, need_dbias, ctx.backend)
+    no_grad_for_plan = [None] * len(plan)  # a list input takes a list of (no) gradients
+    return dq, dk, dv, (dbias if need_dbias else None), None, None, None, None, None, None, no_grad_for_plan, None, None
 
 
 attention_csr.register_autograd(_csr_backward, setup_context=_csr_setup)

@@ -79,7 +79,7 @@ def _sample_csr(dtype=torch.float32, requires_grad=True):
     graph = graphattn.Graph.from_edge_index(random_edges(n, n, e, seed=5), num_nodes=n)
     t = graph.transposed()
     bias = torch.randn(e, heads, dtype=dtype).requires_grad_(requires_grad)
-    return (q, k, v, bias, graph.rowptr, graph.col, graph.eid, t.colptr, t.row, t.eid, 0.5, "cpu")
+    return (q, k, v, bias, graph.rowptr, graph.col, graph.eid, t.colptr, t.row, t.eid, [], 0.5, "cpu")
 
 
 def test_opcheck_sparse_op():
@@ -93,7 +93,7 @@ def test_opcheck_segment_op():
 
 
 def test_opcheck_cpp_kernel_ops():
-    q, k, v, bias, rowptr, col, eid, colptr, row_t, eid_t, scale, _ = _sample_csr(requires_grad=False)
+    q, k, v, bias, rowptr, col, eid, colptr, row_t, eid_t, _, scale, _ = _sample_csr(requires_grad=False)
     out, lse = torch.ops.graphattn.csr_attention_forward(q, k, v, rowptr, col, eid, bias, scale)
     torch.library.opcheck(torch.ops.graphattn.csr_attention_forward, (q, k, v, rowptr, col, eid, bias, scale))
     torch.library.opcheck(torch.ops.graphattn.csr_attention_backward,

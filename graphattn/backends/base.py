@@ -79,11 +79,15 @@ class Backend:
         return reasons
 
     # ---- kernel entry points (see graphattn/ops.py for the contract) ----
-    def csr_forward(self, q, k, v, rowptr, col, eid, bias, scale):
+    def csr_plan(self, graph, with_transposed: bool) -> list:
+        """This backend's schedule for `graph` as a list of tensors (cached on the graph), or []."""
+        return []
+
+    def csr_forward(self, q, k, v, rowptr, col, eid, bias, scale, plan):
         raise NotImplementedError(self.name)
 
     def csr_backward(self, grad_out, grad_lse, q, k, v, bias, out, lse, rowptr, col, eid,
-                     colptr, row_t, eid_t, scale, need_dbias):
+                     colptr, row_t, eid_t, scale, need_dbias, plan):
         raise NotImplementedError(self.name)
 
     def segment_forward(self, q, k, v, ptr, scale):
@@ -110,7 +114,7 @@ class Backend:
             return ops.attention_csr(
                 q, k, v, bias, graph.rowptr, graph.col, graph.eid,
                 None if t is None else t.colptr, None if t is None else t.row, None if t is None else t.eid,
-                scale, self.name)
+                self.csr_plan(graph, needs_grad), scale, self.name)
         if call.pattern == "segments":
             return ops.attention_segments(q, k, v, graph.ptr, scale, self.name)
         return ops.attention_dense_nd(q, k, v, scale, causal, self.name)

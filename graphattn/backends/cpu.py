@@ -24,11 +24,11 @@ class CpuBackend(Backend):
     def unavailable_reason(self, device_type):
         return _extension_error()
 
-    def csr_forward(self, q, k, v, rowptr, col, eid, bias, scale):
+    def csr_forward(self, q, k, v, rowptr, col, eid, bias, scale, plan):
         return torch.ops.graphattn.csr_attention_forward(q, k, v, rowptr, col, eid, bias, scale)
 
     def csr_backward(self, grad_out, grad_lse, q, k, v, bias, out, lse, rowptr, col, eid,
-                     colptr, row_t, eid_t, scale, need_dbias):
+                     colptr, row_t, eid_t, scale, need_dbias, plan):
         return torch.ops.graphattn.csr_attention_backward(
             grad_out, grad_lse, q, k, v, bias, out, lse, rowptr, col, eid, colptr, row_t, eid_t, scale, need_dbias)
 

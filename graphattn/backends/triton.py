@@ -35,13 +35,27 @@ class TritonBackend(Backend):
             return "CPU tensors need Triton's interpreter: set TRITON_INTERPRET=1 before importing triton"
         return None
 
-    def csr_forward(self, q, k, v, rowptr, col, eid, bias, scale):
-        return _import("csr_attention").csr_attention_forward(q, k, v, rowptr, col, eid, bias, scale)
+    def csr_plan(self, graph, with_transposed):
+        """The degree-bucketed, hub-splitting schedule (kernels/csr_attention.py), built once per graph."""
+        kernels = _import("csr_attention")
+
+        def build():
+            colptr = graph.transposed().colptr if with_transposed else None
+            return kernels.pack_plan(kernels.build_csr_plan(graph.rowptr, colptr))
+
+        return graph.cached(("triton.csr_plan", with_transposed), build)
+
+    def csr_forward(self, q, k, v, rowptr, col, eid, bias, scale, plan):
+        kernels = _import("csr_attention")
+        return kernels.csr_attention_forward(q, k, v, rowptr, col, eid, bias, scale, plan=kernels.unpack_plan(plan))
 
     def csr_backward(self, grad_out, grad_lse, q, k, v, bias, out, lse, rowptr, col, eid,
-                     colptr, row_t, eid_t, scale, need_dbias):
-        return _import("csr_attention").csr_attention_backward(
-            grad_out, grad_lse, q, k, v, bias, out, lse, rowptr, col, eid, colptr, row_t, eid_t, scale, need_dbias)
+                     colptr, row_t, eid_t, scale, need_dbias, plan):
+        kernels = _import("csr_attention")
+        dq, dk, dv, dbias = kernels.csr_attention_backward(
+            grad_out, grad_lse, q, k, v, bias, out, lse, rowptr, col, eid, colptr, row_t, eid_t, scale, need_dbias,
+            plan=kernels.unpack_plan(plan))
+        return dq, dk, dv, dbias
 
     def segment_forward(self, q, k, v, ptr, scale):
         return _import("dense_attention").segment_attention_forward(q, k, v, ptr, scale)

@@ -1,0 +1,388 @@
+"""Triton CSR attention kernels (kernels/csr_attention.py) against the float64 reference.
+
+Runs on CUDA when available, else on CPU through Triton's interpreter
+(TRITON_INTERPRET=1 must be set before triton is imported; sizes are small).
+"""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import importlib.util  # noqa: E402
+import math  # noqa: E402
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+triton = pytest.importorskip("triton")
+
+from kernels.csr_attention import (  # noqa: E402
+    DEGREE_CLASSES,
+    HUB_CHUNK,
+    build_csr_plan,
+    csr_attention_backward,
+    csr_attention_forward,
+)
+
+try:
+    from graphattn.reference import sparse_attention
+except Exception:  # the package may be mid-edit: load the oracle file by path
+    _path = pathlib.Path(__file__).resolve().parents[1] / "graphattn" / "reference.py"
+    _spec = importlib.util.spec_from_file_location("_graphattn_reference", _path)
+    _ref = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_ref)
+    sparse_attention = _ref.sparse_attention
+
+device = "cuda" if torch.cuda.is_available() else "cpu"
+if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
+
+DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+# Relative-RMS tolerances for low precision: the kernel computes in float32 from
+# low-precision inputs, so its error is about one rounding of the output
+# (2^-11 for f16, 2^-8 for bf16); these leave ~3-4x margin.
+REL_RMS = {torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+def to_csr(src, dst, n_src, n_dst):
+    """Target-sorted CSR and source-sorted (transposed) CSR of an unsorted edge list."""
+    dst_sorted, order = torch.sort(dst, stable=True)
+    rowptr = torch.searchsorted(dst_sorted, torch.arange(n_dst + 1, device=dst.device))
+    col, eid = src[order].contiguous(), order
+    col_sorted, order_t = torch.sort(col, stable=True)
+    colptr = torch.searchsorted(col_sorted, torch.arange(n_src + 1, device=dst.device))
+    return dict(rowptr=rowptr, col=col, eid=eid, colptr=colptr,
+                row_t=dst_sorted[order_t].contiguous(), eid_t=eid[order_t].contiguous())
+
+
+def random_edges(n_src, n_dst, n_edges, *, hub_in=0, hub_out=0, seed=0):
+    """Unsorted edges with duplicates, self-loops, an isolated last target and optional hubs."""
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(0, n_src, (n_edges,), generator=g)
+    dst = torch.randint(0, max(n_dst - 1, 1), (n_edges,), generator=g)  # target n_dst-1 gets nothing
+    n_loop = min(n_src, n_dst - 1, 3)
+    loops = torch.arange(n_loop)
+    parts_s, parts_d = [src, loops, src[:4]], [dst, loops, dst[:4]]  # self-loops, duplicates
+    if hub_in:
+        parts_s.append(torch.randint(0, n_src, (hub_in,), generator=g))
+        parts_d.append(torch.zeros(hub_in, dtype=torch.long))
+    if hub_out:
+        parts_s.append(torch.full((hub_out,), n_src - 1, dtype=torch.long))
+        parts_d.append(torch.randint(0, max(n_dst - 1, 1), (hub_out,), generator=g))
+    src, dst = torch.cat(parts_s), torch.cat(parts_d)
+    perm = torch.randperm(src.numel(), generator=g)  # unsorted
+    return src[perm].to(device), dst[perm].to(device)
+
+
+def strided(t, extra=2):
+    """The same values as a non-contiguous view: a slice of a bigger [N, 3, H, D+extra] tensor."""
+    n, h, d = t.shape
+    big = torch.zeros(n, 3, h, d + extra, dtype=t.dtype, device=t.device)
+    big[:, 1, :, :d] = t
+    view = big[:, 1, :, :d]
+    assert not view.is_contiguous()
+    return view
+
+
+def reference(q, k, v, src, dst, bias, scale, grad_out, grad_lse):
+    """float64 out, lse and gradients (wrt q, k, v, bias) from the pure-PyTorch oracle."""
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    b64 = None if bias is None else bias.detach().double().requires_grad_()
+    out, lse = sparse_attention(*leaves, src, dst, b64, scale)
+    loss = (out * grad_out.double()).sum()
+    if grad_lse is not None:
+        loss = loss + torch.where(torch.isfinite(lse), lse * grad_lse.double(), torch.zeros_like(lse)).sum()
+    grads = torch.autograd.grad(loss, leaves + ([b64] if b64 is not None else []), allow_unused=True)
+    dq, dk, dv = grads[:3]
+    db = grads[3] if b64 is not None else None
+    return out.detach(), lse.detach(), dq, dk, dv, db
+
+
+def assert_close(name, actual, expected, dtype, rtol=1e-4):
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert torch.isfinite(actual).all(), f"{name}: non-finite values"
+    a, e = actual.double().cpu(), expected.double().cpu()
+    if a.numel() == 0:
+        return
+    scale_ = e.abs().max().clamp_min(1e-12)
+    if dtype == torch.float32:
+        err = (a - e).abs().max() / scale_
+        assert err < rtol, f"{name}: max abs error / max abs = {err:.3g} >= {rtol}"
+    else:
+        rel = (a - e).pow(2).mean().sqrt() / e.pow(2).mean().sqrt().clamp_min(1e-12)
+        assert rel < REL_RMS[dtype], f"{name}: relative RMS error {rel:.3g} >= {REL_RMS[dtype]}"
+
+
+def run_and_check(q, k, v, src, dst, bias, scale, *, grad_lse=True, plan_kw=None, seed=1,
+                  grad_out_layout="contiguous", rtol=1e-4):
+    n_dst, H, _ = q.shape
+    n_src, Dv = k.shape[0], v.shape[2]
+    dtype = q.dtype
+    g = to_csr(src, dst, n_src, n_dst)
+    plan = None if plan_kw is None else build_csr_plan(g["rowptr"], g["colptr"], **plan_kw)
+    # The kernels take a [E] bias as an expanded [E, H] view (head stride 0).
+    bias_k = bias[:, None].expand(bias.shape[0], H) if bias is not None and bias.dim() == 1 else bias
+
+    out, lse = csr_attention_forward(q, k, v, g["rowptr"], g["col"], g["eid"], bias_k, scale, plan=plan)
+    assert out.dtype == dtype and out.is_contiguous() and out.shape == (n_dst, H, Dv)
+    assert lse.dtype == torch.float32 and lse.shape == (n_dst, H)
+
+    gen = torch.Generator().manual_seed(seed)
+    go = torch.randn(n_dst, H, Dv, generator=gen).to(device=device, dtype=dtype)
+    if grad_out_layout == "transposed":  # last-dim stride != 1
+        go = go.permute(2, 1, 0).contiguous().permute(2, 1, 0)
+        assert go.stride(-1) != 1 or Dv == 1
+    elif grad_out_layout == "strided":
+        go = strided(go)
+    gl = torch.randn(n_dst, H, generator=gen).to(device) if grad_lse else None
+
+    ro, rl, rdq, rdk, rdv, rdb = reference(q, k, v, src, dst, bias, scale, go, gl)
+    assert_close("out", out, ro, dtype, rtol)
+    finite = torch.isfinite(rl)
+    assert torch.equal(torch.isfinite(lse).cpu(), finite.cpu()), "lse: -inf pattern differs"
+    assert torch.equal(lse.cpu()[~finite.cpu()], rl.float().cpu()[~finite.cpu()]), "lse of empty targets must be -inf"
+    lse_tol = rtol if dtype == torch.float32 else 1e-3  # lse is float32 in every case
+    assert_close("lse", lse[finite], rl[finite], torch.float32, lse_tol)
+
+    dq, dk, dv, db = csr_attention_backward(
+        go, gl, q, k, v, bias_k, out, lse, g["rowptr"], g["col"], g["eid"],
+        g["colptr"], g["row_t"], g["eid_t"], scale, bias is not None, plan=plan)
+    for name, a, r, like in (("dq", dq, rdq, q), ("dk", dk, rdk, k), ("dv", dv, rdv, v)):
+        assert a.dtype == dtype and a.is_contiguous() and a.shape == like.shape
+        assert_close(name, a, r, dtype, rtol)
+    if bias is None:
+        assert db is None
+    else:
+        assert db.shape == (src.numel(), H) and db.dtype == dtype
+        # dbias of a [E] bias is the sum over heads of the [E, H] dbias.
+        assert_close("dbias", db.sum(1) if bias.dim() == 1 else db, rdb, dtype, rtol)
+    return out, lse, (dq, dk, dv, db)
+
+
+def make_qkv(n_src, n_dst, H, D, Dv, dtype, *, seed=0, layout="contiguous", mag=1.0):
+    g = torch.Generator().manual_seed(seed)
+    q = (torch.randn(n_dst, H, D, generator=g) * mag).to(device=device, dtype=dtype)
+    k = (torch.randn(n_src, H, D, generator=g) * mag).to(device=device, dtype=dtype)
+    v = torch.randn(n_src, H, Dv, generator=g).to(device=device, dtype=dtype)
+    if layout == "strided":
+        q, k, v = strided(q), strided(k, 3), strided(v, 1)
+    return q, k, v
+
+
+def make_bias(kind, E, H, dtype, seed=2):
+    if kind is None:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    shape = (E, H) if kind == "EH" else (E,)
+    return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------
+# tests
+# ---------------------------------------------------------------------------
+CASES = [
+    # dtype, H, D, Dv, bias, layout, grad_lse, grad_out layout, hub_chunk
+    pytest.param("f32", 3, 7, 5, "EH", "contiguous", True, "contiguous", 8, id="f32-H3-D7-Dv5-biasEH-lse-split"),
+    pytest.param("f32", 1, 40, 16, "E", "strided", False, "strided", None, id="f32-H1-D40-Dv16-biasE-strided"),
+    pytest.param("f16", 3, 40, 40, "E", "strided", True, "contiguous", 8, id="f16-H3-D40-biasE-strided-split"),
+    pytest.param("bf16", 3, 1, 3, None, "contiguous", True, "transposed", None, id="bf16-H3-D1-Dv3-nobias"),
+    pytest.param("bf16", 1, 7, 9, "EH", "strided", False, "contiguous", 8, id="bf16-H1-D7-Dv9-biasEH-split"),
+    # H * D_pad > 512: heads split over 3 programs (2 + 2 + 1 heads, the last block partly masked)
+    pytest.param("f32", 5, 130, 20, "EH", "strided", True, "contiguous", 8, id="f32-H5-D130-Dv20-headblocks"),
+]
+
+
+@pytest.mark.parametrize("dt,H,D,Dv,bias_kind,layout,grad_lse,go_layout,hub_chunk", CASES)
+def test_matches_reference(dt, H, D, Dv, bias_kind, layout, grad_lse, go_layout, hub_chunk):
+    dtype = DTYPES[dt]
+    n_src, n_dst = 9, 11
+    # hub_in=20 > hub_chunk=8 and > the short classes: the target hub is split into 3 chunks,
+    # and source n_src-1 has out-degree >= 20 (split in the dK/dV pass).
+    src, dst = random_edges(n_src, n_dst, 30, hub_in=20, hub_out=20, seed=H * 100 + D)
+    q, k, v = make_qkv(n_src, n_dst, H, D, Dv, dtype, seed=D, layout=layout)
+    bias = make_bias(bias_kind, src.numel(), H, dtype)
+    plan_kw = None if hub_chunk is None else {"hub_chunk": hub_chunk}
+    out, lse, _ = run_and_check(q, k, v, src, dst, bias, 1.0 / math.sqrt(D), grad_lse=grad_lse,
+                                plan_kw=plan_kw, grad_out_layout=go_layout)
+    # The isolated last target: exact zeros and -inf, no NaN.
+    assert torch.all(out[-1] == 0) and torch.all(lse[-1] == -math.inf)
+
+
+@pytest.mark.parametrize("hub_chunk", [64, HUB_CHUNK, 10**9])
+def test_hub_rows_split_and_merged(hub_chunk):
+    """A target with in-degree 300 and a source with out-degree 300, far above BLOCK_E."""
+    H, D, Dv = 2, 8, 4
+    n_src, n_dst = 6, 5
+    src, dst = random_edges(n_src, n_dst, 12, hub_in=300, hub_out=300, seed=5)
+    q, k, v = make_qkv(n_src, n_dst, H, D, Dv, torch.float32, seed=3)
+    bias = make_bias("EH", src.numel(), H, torch.float32)
+    g = to_csr(src, dst, n_src, n_dst)
+    plan = build_csr_plan(g["rowptr"], g["colptr"], hub_chunk=hub_chunk)
+    if hub_chunk >= 10**9:
+        assert plan["merge_rows"].numel() == 0 and plan["t_merge_rows"].numel() == 0
+    else:  # target 0 and source n_src-1 are split into chunks (other rows may be too)
+        assert 0 in plan["merge_rows"].tolist() and n_src - 1 in plan["t_merge_rows"].tolist()
+        assert (plan["slot_row"] == 0).sum() >= math.ceil(300 / hub_chunk)
+        assert (plan["t_slot_row"] == n_src - 1).sum() >= math.ceil(300 / hub_chunk)
+    run_and_check(q, k, v, src, dst, bias, 0.3, plan_kw={"hub_chunk": hub_chunk})
+
+
+def test_split_equals_unsplit_low_precision():
+    """fp16 with a hub split into many chunks agrees with the unsplit schedule."""
+    H, D, Dv = 3, 7, 7
+    n_src = n_dst = 4
+    src, dst = random_edges(n_src, n_dst, 8, hub_in=300, seed=7)
+    q, k, v = make_qkv(n_src, n_dst, H, D, Dv, torch.float16, seed=4)
+    g = to_csr(src, dst, n_src, n_dst)
+    results = []
+    for chunk in (16, 10**9):
+        plan = build_csr_plan(g["rowptr"], g["colptr"], hub_chunk=chunk)
+        out, lse = csr_attention_forward(q, k, v, g["rowptr"], g["col"], g["eid"], None, 0.5, plan=plan)
+        results.append((out.float(), lse))
+    (o1, l1), (o2, l2) = results
+    finite = torch.isfinite(l2)
+    assert torch.equal(torch.isfinite(l1), finite)
+    assert (l1[finite] - l2[finite]).abs().max() < 1e-4
+    assert (o1 - o2).abs().max() < 2e-3  # at most one fp16 rounding of |out| < 4 apart
+    ro, rl = sparse_attention(q.double(), k.double(), v.double(), src, dst, None, 0.5)
+    assert_close("out (split fp16)", results[0][0], ro, torch.float16)
+
+
+@pytest.mark.parametrize("n_src,n_dst", [(2, 3), (0, 2), (3, 0)])
+def test_no_edges(n_src, n_dst):
+    H, D, Dv = 2, 5, 3
+    q, k, v = make_qkv(n_src, n_dst, H, D, Dv, torch.float32)
+    src = dst = torch.zeros(0, dtype=torch.long, device=device)
+    g = to_csr(src, dst, n_src, n_dst)
+    bias = torch.zeros(0, H, device=device)
+    out, lse = csr_attention_forward(q, k, v, g["rowptr"], g["col"], g["eid"], bias, 0.5)
+    assert out.shape == (n_dst, H, Dv) and lse.shape == (n_dst, H)
+    assert torch.all(out == 0) and torch.all(lse == -math.inf)
+    go = torch.randn(n_dst, H, Dv, device=device)
+    gl = torch.randn(n_dst, H, device=device)
+    dq, dk, dv, db = csr_attention_backward(
+        go, gl, q, k, v, bias, out, lse, g["rowptr"], g["col"], g["eid"],
+        g["colptr"], g["row_t"], g["eid_t"], 0.5, True)
+    assert dq.shape == q.shape and dk.shape == k.shape and dv.shape == v.shape and db.shape == (0, H)
+    for t in (dq, dk, dv):
+        assert torch.all(t == 0)
+
+
+@pytest.mark.parametrize("dt", ["f32", "bf16"])
+def test_single_node(dt):
+    """N = 1: one node with a self-loop twice (duplicate), and N_src = 1 feeding 2 targets."""
+    dtype = DTYPES[dt]
+    q, k, v = make_qkv(1, 1, 3, 7, 2, dtype)
+    src = torch.tensor([0, 0], device=device)
+    dst = torch.tensor([0, 0], device=device)
+    run_and_check(q, k, v, src, dst, make_bias("EH", 2, 3, dtype), 0.7)
+    q2, k2, v2 = make_qkv(1, 3, 1, 7, 2, dtype, seed=1)
+    run_and_check(q2, k2, v2, torch.tensor([0, 0], device=device), torch.tensor([2, 0], device=device),
+                  None, 0.7)
+
+
+@pytest.mark.parametrize("dt", ["f32", "f16"])
+def test_large_logits_do_not_overflow(dt):
+    """Scores of magnitude ~1e4 (exp would overflow without max-subtraction)."""
+    dtype = DTYPES[dt]
+    H, D, Dv = 2, 4, 3
+    n = 6
+    src, dst = random_edges(n, n, 20, hub_in=20, seed=11)
+    q, k, v = make_qkv(n, n, H, D, Dv, dtype, seed=2, mag=70.0)
+    bias = make_bias("EH", src.numel(), H, dtype) * 1000
+    s = (q.double()[dst] * k.double()[src]).sum(-1)
+    assert s.abs().max() > 5e3
+    # float32 scores of magnitude 1e4 carry ~1e-3 absolute rounding (also in the
+    # kernel's own recomputation in the backward), hence the looser tolerance.
+    out, lse, grads = run_and_check(q, k, v, src, dst, bias, 1.0, plan_kw={"hub_chunk": 8}, rtol=2e-2)
+    assert torch.isfinite(out).all() and torch.isfinite(lse[:-1]).all()
+    for t in grads:
+        assert torch.isfinite(t).all()
+
+
+def test_all_bias_minus_inf_row_is_zero_not_nan():
+    """A target whose every edge has bias -inf behaves like a target without edges."""
+    H, D, Dv = 1, 3, 2
+    q, k, v = make_qkv(3, 2, H, D, Dv, torch.float32)
+    src = torch.tensor([0, 1, 2, 0], device=device)
+    dst = torch.tensor([0, 0, 1, 1], device=device)
+    bias = torch.tensor([[-math.inf], [-math.inf], [0.0], [1.0]], device=device)
+    g = to_csr(src, dst, 3, 2)
+    out, lse = csr_attention_forward(q, k, v, g["rowptr"], g["col"], g["eid"], bias, 1.0)
+    assert torch.all(out[0] == 0) and lse[0, 0] == -math.inf
+    ro, rl = sparse_attention(q.double(), k.double(), v.double(), src, dst, bias.double(), 1.0)
+    assert_close("out row 1", out[1], ro[1], torch.float32)
+    go = torch.ones(2, H, Dv, device=device)
+    dq, dk, dv, db = csr_attention_backward(
+        go, None, q, k, v, bias, out, lse, g["rowptr"], g["col"], g["eid"],
+        g["colptr"], g["row_t"], g["eid_t"], 1.0, True)
+    for t in (dq, dk, dv, db):
+        assert torch.isfinite(t).all()
+    assert torch.all(dq[0] == 0) and torch.all(db[:2] == 0)
+
+
+def test_plan_covers_each_edge_once():
+    deg = torch.tensor([0, 1, 4, 5, 16, 17, 40, 0, 300, 2, 1000, 3])
+    rowptr = torch.zeros(deg.numel() + 1, dtype=torch.long)
+    rowptr[1:] = deg.cumsum(0)
+    chunk = 64
+    plan = build_csr_plan(rowptr.to(device), hub_chunk=chunk)
+    n_cls = len(DEGREE_CLASSES) + 1
+    items = [plan[f"items{c}"].cpu() for c in range(n_cls)]
+    assert not any(k.startswith("t_") for k in plan)
+    covered = torch.zeros(int(rowptr[-1]), dtype=torch.long)
+    rows_whole = []
+    for c, it in enumerate(items):
+        assert it.dtype == torch.int64 and it.dim() == 2 and it.shape[1] == 4
+        for row, a, b, slot in it.tolist():
+            covered[a:b] += 1
+            assert rowptr[row] <= a <= b <= rowptr[row + 1]
+            if slot < 0:
+                assert (a, b) == (int(rowptr[row]), int(rowptr[row + 1]))
+                rows_whole.append(row)
+                lo = -1 if c == 0 else DEGREE_CLASSES[c - 1]
+                hi = DEGREE_CLASSES[c] if c < len(DEGREE_CLASSES) else chunk
+                assert lo < b - a <= hi, (row, c)
+            else:
+                assert c == n_cls - 1 and 0 < b - a <= chunk
+    assert torch.all(covered == 1)
+    lengths = (items[-1][:, 2] - items[-1][:, 1]).tolist()
+    assert lengths == sorted(lengths, reverse=True)  # longest first
+    hubs = plan["merge_rows"].cpu().tolist()
+    assert hubs == [8, 10]
+    assert sorted(rows_whole + hubs) == list(range(deg.numel()))
+    mp = plan["merge_ptr"].cpu().tolist()
+    assert mp == [0, 5, 5 + 16] and plan["slot_row"].cpu().tolist() == [8] * 5 + [10] * 16
+    slots = {s: (a, b) for _, a, b, s in items[-1].tolist() if s >= 0}
+    for h, row in enumerate(hubs):  # a hub's slots are its chunks in edge order
+        spans = [slots[s] for s in range(mp[h], mp[h + 1])]
+        assert spans[0][0] == rowptr[row] and spans[-1][1] == rowptr[row + 1]
+        assert all(spans[i][1] == spans[i + 1][0] for i in range(len(spans) - 1))
+
+
+def test_plan_for_another_graph_is_rejected():
+    q, k, v = make_qkv(3, 3, 1, 2, 2, torch.float32)
+    g = to_csr(torch.tensor([0, 1], device=device), torch.tensor([1, 2], device=device), 3, 3)
+    other = build_csr_plan(torch.tensor([0, 1, 2], device=device))  # 2 rows, not 3
+    with pytest.raises(ValueError, match="plan"):
+        csr_attention_forward(q, k, v, g["rowptr"], g["col"], g["eid"], None, 1.0, plan=other)
+
+
+def test_head_block_case_really_splits_heads():
+    """The `headblocks` case of test_matches_reference must cover several head blocks."""
+    from kernels.csr_attention import _geometry
+
+    hb, n_hb, _, _ = _geometry(5, 130, 20)
+    assert n_hb > 1 and 5 % hb != 0  # more than one block, the last one partly masked
+
+
+def test_bad_inputs_are_rejected():
+    q, k, v = make_qkv(2, 2, 1, 2, 2, torch.float32)
+    g = to_csr(torch.tensor([0], device=device), torch.tensor([1], device=device), 2, 2)
+    with pytest.raises(TypeError, match="dtype"):
+        csr_attention_forward(q, k.half(), v, g["rowptr"], g["col"], g["eid"], None, 1.0)
+    with pytest.raises(ValueError, match="bias"):
+        csr_attention_forward(q, k, v, g["rowptr"], g["col"], g["eid"], torch.zeros(2, 1, device=device), 1.0)

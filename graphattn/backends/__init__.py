@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from .base import Backend, Call
 from .cpu import CpuBackend
+from .cuda import CudaBackend
 from .reference import ReferenceBackend
 from .sdpa import SdpaBackend
 from .triton import TritonBackend
 
-BACKENDS = {b.name: b for b in (CpuBackend(), TritonBackend(), SdpaBackend(), ReferenceBackend())}
+BACKENDS = {b.name: b for b in (CpuBackend(), CudaBackend(), TritonBackend(), SdpaBackend(), ReferenceBackend())}
 
 
 def get_backend(name: str) -> Backend:

@@ -1,0 +1,33 @@
+"""Shared entry points of the backends whose kernels live in graphattn._C
+(csrc/): the torch ops dispatch on the tensors' device to the CPU or CUDA
+implementation, so the cpu and cuda backends differ only in what they declare."""
+from __future__ import annotations
+
+import torch
+
+from .base import Backend
+
+
+def extension_error():
+    """None when graphattn._C (the compiled kernels) loads, else why not."""
+    try:
+        from .. import _C  # noqa: F401  (loading it registers the torch.ops.graphattn kernels)
+    except ImportError as e:
+        return f"the C++ extension graphattn._C is not built ({e}); reinstall with pip install --no-build-isolation -e ."
+    return None
+
+
+class CompiledBackend(Backend):
+    def csr_forward(self, q, k, v, rowptr, col, eid, bias, scale, plan):
+        return torch.ops.graphattn.csr_attention_forward(q, k, v, rowptr, col, eid, bias, scale)
+
+    def csr_backward(self, grad_out, grad_lse, q, k, v, bias, out, lse, rowptr, col, eid,
+                     colptr, row_t, eid_t, scale, need_dbias, plan):
+        return torch.ops.graphattn.csr_attention_backward(
+            grad_out, grad_lse, q, k, v, bias, out, lse, rowptr, col, eid, colptr, row_t, eid_t, scale, need_dbias)
+
+    def segment_forward(self, q, k, v, ptr, scale):
+        return torch.ops.graphattn.segment_attention_forward(q, k, v, ptr, scale)
+
+    def segment_backward(self, grad_out, grad_lse, q, k, v, out, lse, ptr, scale):
+        return torch.ops.graphattn.segment_attention_backward(grad_out, grad_lse, q, k, v, out, lse, ptr, scale)

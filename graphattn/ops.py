@@ -96,39 +96,40 @@ attention_csr.register_autograd(_csr_backward, setup_context=_csr_setup)
 # Segments (a batch of complete graphs)
 # ---------------------------------------------------------------------------
 @torch.library.custom_op("graphattn::attention_segments", mutates_args=())
-def attention_segments(q: Tensor, k: Tensor, v: Tensor, ptr: Tensor, scale: float,
-                      backend: str) -> tuple[Tensor, Tensor]:
-    return get_backend(backend).segment_forward(q, k, v, ptr, scale)
+def attention_segments(q: Tensor, k: Tensor, v: Tensor, ptr: Tensor, plan: list[Tensor], scale: float,
+                       backend: str) -> tuple[Tensor, Tensor]:
+    """`plan`: the backend's cached schedule for these segments (Backend.segment_plan), possibly empty."""
+    return get_backend(backend).segment_forward(q, k, v, ptr, scale, plan)
 
 
 @attention_segments.register_fake
-def _(q, k, v, ptr, scale, backend):
+def _(q, k, v, ptr, plan, scale, backend):
     return _fake_out_lse(q, v, q.shape[0])
 
 
 @torch.library.custom_op("graphattn::attention_segments_backward", mutates_args=())
 def attention_segments_backward(grad_out: Tensor, grad_lse: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor,
-                               out: Tensor, lse: Tensor, ptr: Tensor, scale: float,
-                               backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    return tuple(get_backend(backend).segment_backward(grad_out, grad_lse, q, k, v, out, lse, ptr, scale))
+                                out: Tensor, lse: Tensor, ptr: Tensor, plan: list[Tensor], scale: float,
+                                backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    return tuple(get_backend(backend).segment_backward(grad_out, grad_lse, q, k, v, out, lse, ptr, scale, plan))
 
 
 @attention_segments_backward.register_fake
-def _(grad_out, grad_lse, q, k, v, out, lse, ptr, scale, backend):
+def _(grad_out, grad_lse, q, k, v, out, lse, ptr, plan, scale, backend):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _segment_setup(ctx, inputs, output):
-    q, k, v, ptr, scale, backend = inputs
-    ctx.save_for_backward(q, k, v, *output, ptr)
+    q, k, v, ptr, plan, scale, backend = inputs
+    ctx.save_for_backward(q, k, v, *output, ptr, *plan)
     ctx.scale, ctx.backend = scale, backend
 
 
 def _segment_backward(ctx, grad_out, grad_lse):
-    q, k, v, out, lse, ptr = ctx.saved_tensors
+    q, k, v, out, lse, ptr, *plan = ctx.saved_tensors
     dq, dk, dv = attention_segments_backward(_zeros_if_none(grad_out, out), grad_lse, q, k, v, out, lse,
-                                            ptr, ctx.scale, ctx.backend)
-    return dq, dk, dv, None, None, None
+                                             ptr, plan, ctx.scale, ctx.backend)
+    return dq, dk, dv, None, [None] * len(plan), None, None
 
 
 attention_segments.register_autograd(_segment_backward, setup_context=_segment_setup)

@@ -89,7 +89,7 @@ def test_opcheck_sparse_op():
 
 def test_opcheck_segment_op():
     q, k, v = (random_rows(7, 2, 3, torch.float32, seed=s).requires_grad_() for s in (1, 2, 3))
-    torch.library.opcheck(ops.attention_segments, (q, k, v, torch.tensor([0, 3, 7]), 0.5, "cpu"))
+    torch.library.opcheck(ops.attention_segments, (q, k, v, torch.tensor([0, 3, 7]), [], 0.5, "cpu"))
 
 
 def test_opcheck_cpp_kernel_ops():

@@ -16,7 +16,7 @@ import torch  # noqa: E402
 
 triton = pytest.importorskip("triton")
 
-from kernels.csr_attention import (  # noqa: E402
+from graphattn.kernels.csr_attention import (  # noqa: E402
     DEGREE_CLASSES,
     HUB_CHUNK,
     build_csr_plan,
@@ -373,7 +373,7 @@ def test_plan_for_another_graph_is_rejected():
 
 def test_head_block_case_really_splits_heads():
     """The `headblocks` case of test_matches_reference must cover several head blocks."""
-    from kernels.csr_attention import _geometry
+    from graphattn.kernels.csr_attention import _geometry
 
     hb, n_hb, _, _ = _geometry(5, 130, 20)
     assert n_hb > 1 and 5 % hb != 0  # more than one block, the last one partly masked

@@ -90,10 +90,14 @@ class Backend:
                      colptr, row_t, eid_t, scale, need_dbias, plan):
         raise NotImplementedError(self.name)
 
-    def segment_forward(self, q, k, v, ptr, scale):
+    def segment_plan(self, graph) -> list:
+        """This backend's schedule for a segments graph as a list of tensors (cached on the graph), or []."""
+        return []
+
+    def segment_forward(self, q, k, v, ptr, scale, plan):
         raise NotImplementedError(self.name)
 
-    def segment_backward(self, grad_out, grad_lse, q, k, v, out, lse, ptr, scale):
+    def segment_backward(self, grad_out, grad_lse, q, k, v, out, lse, ptr, scale, plan):
         raise NotImplementedError(self.name)
 
     def dense_forward(self, q, k, v, scale, causal):
@@ -116,5 +120,5 @@ class Backend:
                 None if t is None else t.colptr, None if t is None else t.row, None if t is None else t.eid,
                 self.csr_plan(graph, needs_grad), scale, self.name)
         if call.pattern == "segments":
-            return ops.attention_segments(q, k, v, graph.ptr, scale, self.name)
+            return ops.attention_segments(q, k, v, graph.ptr, self.segment_plan(graph), scale, self.name)
         return ops.attention_dense_nd(q, k, v, scale, causal, self.name)

@@ -26,8 +26,8 @@ class CompiledBackend(Backend):
         return torch.ops.graphattn.csr_attention_backward(
             grad_out, grad_lse, q, k, v, bias, out, lse, rowptr, col, eid, colptr, row_t, eid_t, scale, need_dbias)
 
-    def segment_forward(self, q, k, v, ptr, scale):
+    def segment_forward(self, q, k, v, ptr, scale, plan):
         return torch.ops.graphattn.segment_attention_forward(q, k, v, ptr, scale)
 
-    def segment_backward(self, grad_out, grad_lse, q, k, v, out, lse, ptr, scale):
+    def segment_backward(self, grad_out, grad_lse, q, k, v, out, lse, ptr, scale, plan):
         return torch.ops.graphattn.segment_attention_backward(grad_out, grad_lse, q, k, v, out, lse, ptr, scale)

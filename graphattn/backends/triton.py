@@ -57,12 +57,19 @@ class TritonBackend(Backend):
             plan=kernels.unpack_plan(plan))
         return dq, dk, dv, dbias
 
-    def segment_forward(self, q, k, v, ptr, scale):
-        return _import("dense_attention").segment_attention_forward(q, k, v, ptr, scale)
+    def segment_plan(self, graph):
+        """Query tiles per segment (kernels/dense_attention.py), built once per graph."""
+        kernels = _import("dense_attention")
+        return graph.cached("triton.segment_plan", lambda: [kernels.build_segment_plan(graph.ptr)])
 
-    def segment_backward(self, grad_out, grad_lse, q, k, v, out, lse, ptr, scale):
-        return _import("dense_attention").segment_attention_backward(grad_out, grad_lse, q, k, v, out, lse, ptr,
-                                                                      scale)
+    def segment_forward(self, q, k, v, ptr, scale, plan):
+        kernels = _import("dense_attention")
+        return kernels.segment_attention_forward(q, k, v, ptr, scale, plan=plan[0] if plan else None)
+
+    def segment_backward(self, grad_out, grad_lse, q, k, v, out, lse, ptr, scale, plan):
+        kernels = _import("dense_attention")
+        return kernels.segment_attention_backward(grad_out, grad_lse, q, k, v, out, lse, ptr, scale,
+                                                  plan=plan[0] if plan else None)
 
     def dense_forward(self, q, k, v, scale, causal):
         return _import("dense_attention").dense_attention_forward(q, k, v, scale, causal)

@@ -1,0 +1,248 @@
+"""The benchmark harness: quick runs end to end, the CSV they write, the plots, and a few cheap
+pytest-benchmark entries. CPU only, well under a minute on 2 cores.
+
+    pytest tests/test_benchmarks.py                          # everything
+    pytest tests/test_benchmarks.py --benchmark-disable      # the benchmark entries run once, untimed
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pytest
+import torch
+
+import graphattn
+from benchmarks import common, cpu_vs_pyg, plot, scaling
+from benchmarks.providers import make_qkv, pyg_scatter_attention
+from benchmarks.runner import Runner, make_job
+
+HAVE_PYG = importlib.util.find_spec("torch_geometric") is not None
+HAVE_PYTEST_BENCHMARK = importlib.util.find_spec("pytest_benchmark") is not None
+
+if not HAVE_PYTEST_BENCHMARK:
+    @pytest.fixture
+    def benchmark():
+        pytest.skip("pytest-benchmark is not installed (pip install pytest-benchmark)")
+
+
+# ---------------------------------------------------------------------------
+# (a) the scripts end to end
+# ---------------------------------------------------------------------------
+REQUIRED = ["benchmark", "case", "provider", "mode", "N", "E", "H", "D", "dtype", "density", "degree", "skew",
+            "time_median_s", "time_p20_s", "time_p80_s", "tflops", "gbps", "peak_mem_bytes", "status", "reason",
+            "device", "torch", "triton", "cuda", "commit", "date"]
+
+
+@pytest.fixture(scope="module")
+def quick_csv(tmp_path_factory):
+    """scaling --quick (sweeps n and density, forward+backward) and cpu_vs_pyg --quick (both modes)
+    into one CSV."""
+    path = tmp_path_factory.mktemp("bench") / "quick.csv"
+    assert scaling.main(["--quick", "--device", "cpu", "--sweep", "n,density", "--mode", "fwdbwd", "--out",
+                         str(path), "--no-progress", "--case-timeout", "60"]) == 0
+    assert cpu_vs_pyg.main(["--quick", "--device", "cpu", "--mode", "both", "--out", str(path), "--no-progress",
+                            "--case-timeout", "60"]) == 0
+    return path
+
+
+def test_quick_csv_rows(quick_csv):
+    rows = common.read_rows(quick_csv)
+    assert rows, "no rows written"
+    header = list(rows[0].keys())
+    assert [c for c in REQUIRED if c not in header] == []
+    assert header[-6:] == common.ENV_COLUMNS  # the environment closes every row
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert ok
+    for r in ok:
+        for col in ("time_median_s", "time_p20_s", "time_p80_s", "tflops"):
+            assert float(r[col]) > 0, (col, r)
+        assert float(r["time_p20_s"]) <= float(r["time_median_s"]) <= float(r["time_p80_s"])
+        assert int(r["peak_mem_bytes"]) >= 0
+        assert int(r["E"]) > 0 and int(r["N"]) > 0
+        assert r["mode"] in ("fwd", "fwdbwd") and r["device"] and r["commit"] and r["date"]
+    for r in rows:
+        if r["status"] != "ok":
+            assert r["reason"], r  # every skip says why
+
+    pyg_rows = [r for r in rows if r["benchmark"] == "cpu_vs_pyg"]
+    providers = {(r["provider"], r["mode"]) for r in pyg_rows if r["status"] == "ok"}
+    for mode in ("fwd", "fwdbwd"):
+        assert ("graphattn-cpu", mode) in providers
+        if HAVE_PYG:
+            assert ("pyg-scatter", mode) in providers
+        else:
+            assert any(r["provider"] == "pyg-scatter" and "torch_geometric" in r["reason"] for r in pyg_rows)
+
+    n_rows = [r for r in ok if r["benchmark"] == "scaling/n"]
+    assert {r["case"] for r in n_rows} >= {"sparse d=8", "dense", "dense as edge list"}
+    assert {"graphattn-cpu", "graphattn-sdpa", "torch-sdpa"} <= {r["provider"] for r in n_rows}
+    density = [r for r in ok if r["benchmark"] == "scaling/density"]
+    assert {"graphattn-cpu", "torch-sdpa-mask"} <= {r["provider"] for r in density}
+    fwd_sparse = [r for r in pyg_rows if r["mode"] == "fwd" and r["status"] == "ok"]
+    assert fwd_sparse and all(float(r["gbps"]) > 0 for r in fwd_sparse)  # GB/s: sparse forward rows
+    assert all(r["gbps"] == "" for r in ok if r["mode"] == "fwdbwd")
+
+
+def test_quick_plots(quick_csv):
+    """python -m benchmarks.plot CSV: PNGs next to the CSV, named after it."""
+    assert plot.main([str(quick_csv)]) == 0
+    for name in ("n-time", "n-memory", "n-memory-total", "density", "cpu_vs_pyg"):
+        png = quick_csv.parent / f"quick-{name}.png"
+        assert png.exists(), png
+        with open(png, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------
+# the pieces
+# ---------------------------------------------------------------------------
+def test_generators_fixed_seed_and_sizes():
+    a, b = common.uniform_graph(1000, 16, seed=3), common.uniform_graph(1000, 16, seed=3)
+    assert torch.equal(a, b) and a.shape == (2, 16000) and int(a.max()) < 1000
+    pl = common.power_law_graph(1000, 16, 1.0, seed=0)
+    assert pl.shape == (2, 16000)
+    deg = torch.bincount(pl[1], minlength=1000)
+    assert int(deg.max()) > 10 * 16  # skewed: the top node gets far more than the average
+    hub = common.hub_graph(1000, 16, 0.5, seed=0)
+    assert int((hub[1] == 0).sum()) >= 8000
+    dens = common.density_graph(300, 0.1, seed=0)
+    pairs = dens[0] * 300 + dens[1]
+    assert pairs.unique().numel() == pairs.numel()  # no duplicate edges
+    assert abs(dens.shape[1] / 300**2 - 0.1) < 0.01
+    ptr = common.sizes_to_ptr(common.segment_sizes(100, 3, 9, seed=0))
+    edges = common.complete_edges(ptr)
+    assert edges.shape[1] == int(((ptr[1:] - ptr[:-1]) ** 2).sum())
+    seg = torch.bucketize(edges, ptr[1:], right=True)
+    assert torch.equal(seg[0], seg[1])  # every pair inside one segment
+    full = common.complete_edges(torch.tensor([0, 5]))
+    assert full.shape == (2, 25)
+    assert common.graph_num_edges({"kind": "batches", "n": 100, "min_size": 3, "max_size": 9}) == edges.shape[1]
+
+
+def test_summaries_and_counts():
+    s = common.summarize([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert s["time_median_s"] == 3.0 and math.isclose(s["time_p20_s"], 1.8) and math.isclose(s["time_p80_s"], 4.2)
+    assert common.flops(10, 2, 8, "fwd") == 640 and common.flops(10, 2, 8, "fwdbwd") == 640 * 3.5
+    assert common.sparse_bytes(10, 2, 8, 4) == 1280
+    # sparse/dense = 0.5 at 0.1 and 5 at 1.0: log-log interpolation crosses 1 at 0.1·10^(ln2/ln10) = 0.2
+    assert plot.crossover([0.01, 0.1, 1.0], [1, 5, 50], [10, 10, 10]) == pytest.approx(0.2)
+    assert plot.crossover([0.01, 0.1], [1, 2], [10, 10]) is None
+
+
+def test_csv_append(tmp_path):
+    path = tmp_path / "r.csv"
+    common.append_rows(path, [{"benchmark": "b", "provider": "p", "time_median_s": 1.5}])
+    common.append_rows(path, [{"benchmark": "b", "provider": "q", "time_median_s": 2.5}])
+    text = path.read_text().splitlines()
+    assert text[0].startswith("benchmark,case,provider,mode,N,E") and text[0].count("benchmark") == 1
+    assert len(text) == 3
+    common.append_rows(path, [{"benchmark": "b", "provider": "r", "new_column": 7}])  # header grows, rows kept
+    rows = common.read_rows(path)
+    assert [r["provider"] for r in rows] == ["p", "q", "r"] and rows[2]["new_column"] == "7"
+    assert rows[0]["time_median_s"] == "1.5"
+
+
+def test_peak_memory_sees_an_allocation():
+    holder = []
+
+    def step():
+        t = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        holder.append(float(t[::4096].sum()))
+
+    peak, method = common.peak_memory(step, lambda: None, "cpu")
+    assert 56 * 2**20 <= peak <= 200 * 2**20, (peak, method)
+
+
+def test_skips_are_recorded_not_raised(tmp_path):
+    path = tmp_path / "skip.csv"
+    runner = Runner("cpu", path, isolation="none", progress=False, mem_limit_bytes=2**30)
+    jobs = [
+        make_job(benchmark="t", case="too big", provider="graphattn-cpu", form="csr",
+                 graph={"kind": "uniform", "n": 10**7, "degree": 16}, device="cpu", mode="fwdbwd", dtype="float32",
+                 heads=4, head_dim=32),
+        make_job(benchmark="t", case="no backend", provider="graphattn-nonexistent", form="csr",
+                 graph={"kind": "uniform", "n": 100, "degree": 4}, device="cpu", mode="fwd", dtype="float32",
+                 heads=1, head_dim=8),
+        make_job(benchmark="t", case="cpu backend has no dense", provider="graphattn-cpu", form="dense",
+                 graph={"kind": "dense", "n": 16}, device="cpu", mode="fwd", dtype="float32", heads=1, head_dim=8),
+        make_job(benchmark="t", case="runs", provider="graphattn-cpu", form="csr",
+                 graph={"kind": "uniform", "n": 100, "degree": 4}, device="cpu", mode="fwdbwd", dtype="float32",
+                 heads=1, head_dim=8, repeats=3),
+    ]
+    rows = runner.run(jobs)
+    assert [r["status"] for r in rows] == ["skipped", "skipped", "skipped", "ok"]
+    assert "memory limit" in rows[0]["reason"] and "nonexistent" in rows[1]["reason"]
+    assert len(common.read_rows(path)) == 4
+
+
+def test_missing_pyg_is_a_skip_not_a_crash(monkeypatch, tmp_path, capsys):
+    """Without torch_geometric, the PyG baselines become skipped rows with the reason; graphattn runs."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name.split(".")[0] == "torch_geometric" else real(name, *a, **k))
+    path = tmp_path / "nopyg.csv"
+    assert cpu_vs_pyg.main(["--quick", "--isolation", "none", "--repeats", "3", "--out", str(path),
+                            "--no-progress"]) == 0
+    assert "torch_geometric is not installed" in capsys.readouterr().out
+    rows = {r["provider"]: r for r in common.read_rows(path)}
+    assert rows["graphattn-cpu"]["status"] == "ok"
+    assert rows["pyg-scatter"]["status"] == "skipped" and "torch_geometric" in rows["pyg-scatter"]["reason"]
+
+
+@pytest.mark.skipif(not HAVE_PYG, reason="torch_geometric is not installed (benchmark-only dependency)")
+def test_baselines_compute_the_same_attention():
+    """pyg-scatter, TransformerConv and graphattn+proj agree, so their timings compare like with like."""
+    from torch_geometric.nn import TransformerConv
+
+    n, h, d = 300, 2, 8
+    ei = common.uniform_graph(n, 6, seed=2)
+    q, k, v = make_qkv(n, h, d, torch.float64, "cpu", 0, False)
+    ours = graphattn.attention(q, k, v, ei, backend="cpu")
+    torch.testing.assert_close(pyg_scatter_attention(q, k, v, ei, n), ours)
+    conv = TransformerConv(h * d, d, heads=h, root_weight=False).double()
+    x = torch.randn(n, h * d, dtype=torch.float64)
+    qp, kp, vp = (lin(x).view(n, h, d) for lin in (conv.lin_query, conv.lin_key, conv.lin_value))
+    torch.testing.assert_close(conv(x, ei), graphattn.attention(qp, kp, vp, ei, backend="cpu").reshape(n, h * d))
+
+
+# ---------------------------------------------------------------------------
+# (b) pytest-benchmark entries (small, few rounds)
+# ---------------------------------------------------------------------------
+def _fwdbwd(fn, leaves, grad):
+    def reset():
+        for t in leaves:
+            t.grad = None
+
+    def step():
+        fn().backward(grad)
+    return step, reset
+
+
+@pytest.mark.benchmark(group="graphattn-quick")
+def test_bench_sparse_fwdbwd_cpu(benchmark):
+    n, h, d = 2000, 4, 32
+    graph = graphattn.Graph.from_edge_index(common.uniform_graph(n, 16, seed=0), num_nodes=n)
+    q, k, v = make_qkv(n, h, d, torch.float32, "cpu", 0, True)
+    step, reset = _fwdbwd(lambda: graphattn.attention(q, k, v, graph, backend="cpu"), [q, k, v],
+                          torch.randn(n, h, d))
+    benchmark.pedantic(step, setup=reset, rounds=5, iterations=1, warmup_rounds=1)
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+@pytest.mark.benchmark(group="graphattn-quick")
+def test_bench_dense_fwd(benchmark):
+    q, k, v = make_qkv(256, 4, 32, torch.float32, "cpu", 0, False)
+    out = benchmark.pedantic(lambda: graphattn.attention(q[None], k[None], v[None]), rounds=5, iterations=1,
+                             warmup_rounds=1)
+    assert out.shape == (1, 256, 4, 32)
+
+
+@pytest.mark.skipif(not HAVE_PYG, reason="torch_geometric is not installed (benchmark-only dependency)")
+@pytest.mark.benchmark(group="graphattn-quick")
+def test_bench_pyg_scatter_fwdbwd(benchmark):
+    n, h, d = 2000, 4, 32
+    ei = common.uniform_graph(n, 16, seed=0)
+    q, k, v = make_qkv(n, h, d, torch.float32, "cpu", 0, True)
+    step, reset = _fwdbwd(lambda: pyg_scatter_attention(q, k, v, ei, n), [q, k, v], torch.randn(n, h, d))
+    benchmark.pedantic(step, setup=reset, rounds=3, iterations=1, warmup_rounds=1)

@@ -8,14 +8,23 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import graphattn
-from benchmarks import common, cpu_vs_pyg, plot, scaling
-from benchmarks.providers import make_qkv, pyg_scatter_attention
-from benchmarks.runner import Runner, make_job
+
+# `benchmarks` is a folder of the repository, not part of the installed package: make it
+# importable however pytest is started (the forkserver and spawned workers inherit sys.path).
+_REPO_ROOT = str(Path(__file__).resolve().parent.parent)
+if _REPO_ROOT not in sys.path:
+    sys.path.insert(0, _REPO_ROOT)
+
+from benchmarks import common, cpu_vs_pyg, plot, scaling  # noqa: E402
+from benchmarks.providers import make_qkv, pyg_scatter_attention  # noqa: E402
+from benchmarks.runner import Runner, make_job  # noqa: E402
 
 HAVE_PYG = importlib.util.find_spec("torch_geometric") is not None
 HAVE_PYTEST_BENCHMARK = importlib.util.find_spec("pytest_benchmark") is not None

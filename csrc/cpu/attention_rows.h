@@ -196,6 +196,11 @@ void backward_targets(const BackwardParams& b, const Neighbours& nb) {
           const acc_t ds = prob * (dp - delta[h]);
           axpy(dq.data() + h * D, ds, row_ptr<scalar_t>(p.k, j, h), D);
           if (b.grad_bias != nullptr) static_cast<scalar_t*>(b.grad_bias)[edge * H + h] = static_cast<scalar_t>(ds);
+          if (b.edge_probs != nullptr) {
+            acc_t* slot = static_cast<acc_t*>(b.edge_probs) + (edge * H + h) * 2;
+            slot[0] = prob;
+            slot[1] = ds;
+          }
         }
       }
       scalar_t* grad_q = static_cast<scalar_t*>(b.grad_q) + i * H * D;
@@ -205,7 +210,8 @@ void backward_targets(const BackwardParams& b, const Neighbours& nb) {
 }
 
 // Backward, pass 2, over source rows (the transposed CSR, or the same segment):
-// dV_j = sum p dO_i and dK_j = scale * sum ds q_i over the edges leaving j.
+// dV_j = sum p dO_i and dK_j = scale * sum ds q_i over the edges leaving j, with
+// (p, ds) read from pass 1's edge scratch when there is one, else recomputed.
 template <typename scalar_t, typename acc_t, typename Neighbours>
 void backward_sources(const BackwardParams& b, const Neighbours& nb) {
   const ForwardParams& p = b.fwd;
@@ -213,8 +219,10 @@ void backward_sources(const BackwardParams& b, const Neighbours& nb) {
   at::parallel_for(0, p.num_src, 16, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> k_row(H * D), v_row(H * Dv), dk(H * D), dv(H * Dv);
     for (int64_t j = begin; j < end; ++j) {
-      load_row<acc_t, scalar_t>(k_row.data(), p.k, j, H, D);
-      load_row<acc_t, scalar_t>(v_row.data(), p.v, j, H, Dv);
+      if (b.edge_probs == nullptr) {  // only needed to recompute the scores
+        load_row<acc_t, scalar_t>(k_row.data(), p.k, j, H, D);
+        load_row<acc_t, scalar_t>(v_row.data(), p.v, j, H, Dv);
+      }
       std::fill(dk.begin(), dk.end(), acc_t(0));
       std::fill(dv.begin(), dv.end(), acc_t(0));
       const auto [first, last] = nb.range(j);
@@ -227,14 +235,20 @@ void backward_sources(const BackwardParams& b, const Neighbours& nb) {
         }
         const acc_t* lse = static_cast<const acc_t*>(p.lse) + i * H;
         const acc_t* delta = static_cast<const acc_t*>(b.delta) + i * H;
+        const acc_t* stored = b.edge_probs == nullptr ? nullptr : static_cast<const acc_t*>(b.edge_probs) + edge * H * 2;
         for (int64_t h = 0; h < H; ++h) {
           const scalar_t* q_i = row_ptr<scalar_t>(p.q, i, h);
           const scalar_t* go_i = row_ptr<scalar_t>(b.grad_out, i, h);
-          const acc_t s = static_cast<acc_t>(p.scale) * dot(k_row.data() + h * D, q_i, D) +
-                          bias_at<acc_t, scalar_t>(p, edge, h);
-          const acc_t prob = std::exp(s - lse[h]);
-          const acc_t dp = dot(v_row.data() + h * Dv, go_i, Dv);
-          const acc_t ds = prob * (dp - delta[h]);
+          acc_t prob, ds;
+          if (stored != nullptr) {
+            prob = stored[2 * h];
+            ds = stored[2 * h + 1];
+          } else {
+            const acc_t s = static_cast<acc_t>(p.scale) * dot(k_row.data() + h * D, q_i, D) +
+                            bias_at<acc_t, scalar_t>(p, edge, h);
+            prob = std::exp(s - lse[h]);
+            ds = prob * (dot(v_row.data() + h * Dv, go_i, Dv) - delta[h]);
+          }
           axpy(dv.data() + h * Dv, prob, go_i, Dv);
           axpy(dk.data() + h * D, ds, q_i, D);
         }

@@ -63,6 +63,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> csr_attention_backwar
   b.grad_k = grad_k.data_ptr();
   b.grad_v = grad_v.data_ptr();
   b.grad_bias = need_dbias ? grad_bias.data_ptr() : nullptr;
+  at::Tensor edge_probs = at::empty({col.numel(), q.size(1), 2}, q.options().dtype(acc));
+  b.edge_probs = edge_probs.data_ptr();
   const CsrNeighbours by_target{b.fwd.by_target.offsets, b.fwd.by_target.index, b.fwd.by_target.edge_id,
                                 b.fwd.num_src};
   const CsrNeighbours by_source{b.by_source.offsets, b.by_source.index, b.by_source.edge_id, b.fwd.num_dst};

@@ -80,15 +80,87 @@ def _check_bias(bias, q, graph: Graph):
     return bias[:, None].expand(e, h) if bias.dim() == 1 else bias
 
 
+_SCORES = ("dot", "gat", "gatv2")
+
+
+def _check_extras(q, k, v, edge_index, *, score, negative_slope, att, dropout_p, generator, return_attention,
+                  scale):
+    """Validate the sparse-path extras; returns (negative_slope, dropout_p) as floats."""
+    if not isinstance(score, str) or score not in _SCORES:
+        raise ValueError(f"score must be one of 'dot', 'gat', 'gatv2', got {score!r}")
+    if not isinstance(return_attention, bool):
+        raise TypeError(f"return_attention must be a bool, got {type(return_attention).__name__}")
+    if (not isinstance(negative_slope, (int, float)) or isinstance(negative_slope, bool)
+            or not math.isfinite(negative_slope)):
+        raise TypeError(f"negative_slope must be a finite float, got {negative_slope!r}")
+    if not isinstance(dropout_p, (int, float)) or isinstance(dropout_p, bool):
+        raise TypeError(f"dropout_p must be a float in [0, 1], got {dropout_p!r}")
+    if not 0.0 <= dropout_p <= 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1], got {dropout_p!r}")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if generator.device.type != q.device.type:
+            raise ValueError(f"generator is on {generator.device} but q is on {q.device}")
+    extras = score != "dot" or dropout_p > 0 or return_attention or att is not None
+    if extras:
+        sparse = edge_index is not None and (isinstance(edge_index, torch.Tensor)
+                                             or (isinstance(edge_index, Graph) and edge_index.kind == "csr"))
+        if not sparse:
+            what = ("score=" + repr(score) if score != "dot" else "dropout_p" if dropout_p > 0
+                    else "return_attention" if return_attention else "att")
+            raise ValueError(f"{what} is taken on the sparse (edge_index) path only, not on dense or "
+                             "segment attention")
+    if score == "gatv2":
+        if att is None:
+            raise ValueError("score='gatv2' needs att, a tensor [H, D]")
+        if not isinstance(att, torch.Tensor):
+            raise TypeError(f"att must be a torch.Tensor [H, D], got {type(att).__name__}")
+    elif att is not None:
+        raise ValueError(f"att is taken with score='gatv2' only, not score={score!r}")
+    if score in ("gat", "gatv2") and scale is not None:
+        raise ValueError(f"scale is taken with score='dot' only; score={score!r} has no scale")
+    if score == "gat":
+        if q.dim() != 2 or k.dim() != 2 or v.dim() != 3:
+            raise ValueError("score='gat' takes q [N_dst, H] (each target's term), k [N_src, H] (each source's "
+                             f"term) and v [N_src, H, Dv], got ranks {q.dim()}, {k.dim()}, {v.dim()}")
+        if not (q.shape[1] == k.shape[1] == v.shape[1]):
+            raise ValueError(f"q, k, v must have the same number of heads H (dim 1), "
+                             f"got {q.shape[1]}, {k.shape[1]}, {v.shape[1]}")
+        if k.shape[0] != v.shape[0]:
+            raise ValueError(f"k and v must have the same number of source rows (dim 0), "
+                             f"got {k.shape[0]} and {v.shape[0]}")
+        if v.shape[-1] == 0:
+            raise ValueError("head dims must be at least 1")
+    if score == "gatv2":
+        if q.dim() == 3 and tuple(att.shape) != (q.shape[1], q.shape[2]):
+            raise ValueError(f"att must be [H, D] = [{q.shape[1]}, {q.shape[2]}], got {list(att.shape)}")
+        if att.dtype != q.dtype:
+            raise TypeError(f"att must have the dtype of q ({q.dtype}), got {att.dtype}")
+        if att.device != q.device:
+            raise ValueError(f"att is on {att.device} but q is on {q.device}")
+    return float(negative_slope), float(dropout_p)
+
+
 def attention(q, k, v, edge_index=None, *, bias=None, scale: Optional[float] = None, causal: bool = False,
-              return_lse: bool = False, backend: str = "auto"):
+              return_lse: bool = False, backend: str = "auto", score: str = "dot", negative_slope: float = 0.2,
+              att=None, dropout_p: float = 0.0, generator=None, return_attention: bool = False):
     """Fused attention of q over k, v along `edge_index` (see shared/API.md).
 
     edge_index None: dense, q [*B, Lq, H, D], k [*B, Lk, H, D], v [*B, Lk, H, Dv].
     edge_index [2, E] (j = edge_index[0] -> i = edge_index[1]) or a Graph: q [N_dst, H, D],
     k [N_src, H, D], v [N_src, H, Dv]. Returns out (and lse with return_lse=True).
+
+    Sparse path only: `score` "dot" (default), "gat" (q [N_dst, H], k [N_src, H]) or "gatv2"
+    (with `att [H, D]`), `negative_slope` of their LeakyReLU; `dropout_p` on the attention
+    weights (drawn from `generator`, or torch's default one); `return_attention=True` also
+    returns alpha [E, H] in edge_index column order (after dropout). Results come as
+    out, then lse (return_lse), then alpha (return_attention).
     """
     _check_qkv(q, k, v)
+    negative_slope, dropout_p = _check_extras(
+        q, k, v, edge_index, score=score, negative_slope=negative_slope, att=att, dropout_p=dropout_p,
+        generator=generator, return_attention=return_attention, scale=scale)
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string ('auto' or a backend name), got {type(backend).__name__}")
     if scale is None:
@@ -109,10 +181,11 @@ def attention(q, k, v, edge_index=None, *, bias=None, scale: Optional[float] = N
             raise ValueError("bias is taken on the sparse (edge_index) path only, not on dense attention")
         graph, pattern = None, "dense"
     else:
-        if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
-            raise ValueError("graph attention takes q [N_dst, H, D], k [N_src, H, D], v [N_src, H, Dv], "
-                             f"got ranks {q.dim()}, {k.dim()}, {v.dim()}")
-        _check_rows(q, k, v, "source rows")
+        if score != "gat":  # gat's q [N_dst, H], k [N_src, H] were checked by _check_extras
+            if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
+                raise ValueError(f"graph attention (score={score!r}) takes q [N_dst, H, D], k [N_src, H, D], "
+                                 f"v [N_src, H, Dv], got ranks {q.dim()}, {k.dim()}, {v.dim()}")
+            _check_rows(q, k, v, "source rows")
         graph = _as_graph(edge_index, q, k)
         pattern = graph.kind
         if causal:
@@ -123,10 +196,16 @@ def attention(q, k, v, edge_index=None, *, bias=None, scale: Optional[float] = N
 
     call = Call(
         pattern=pattern, device_type=q.device.type, dtype=q.dtype,
-        num_heads=q.shape[-2], head_dim=q.shape[-1], value_dim=v.shape[-1],
+        num_heads=v.shape[-2], head_dim=1 if score == "gat" else q.shape[-1], value_dim=v.shape[-1],
         has_bias=bias is not None, causal=bool(causal),
         deterministic=torch.are_deterministic_algorithms_enabled(), return_lse=bool(return_lse),
+        score=score, dropout=dropout_p > 0, return_attention=return_attention,
     )
     chosen = dispatch.choose(call, backend)
-    out, lse = chosen.attention(call, q, k, v, graph, bias, scale, bool(causal))
-    return (out, lse) if return_lse else out
+    if call.score == "dot" and not call.dropout and not call.return_attention:
+        out, lse = chosen.attention(call, q, k, v, graph, bias, scale, bool(causal))
+        return (out, lse) if return_lse else out
+    out, lse, alpha = chosen.attention_extra(call, q, k, v, graph, bias, scale, negative_slope=negative_slope,
+                                             att=att, dropout_p=dropout_p, generator=generator)
+    result = (out,) + ((lse,) if return_lse else ()) + ((alpha,) if return_attention else ())
+    return result if len(result) > 1 else out

@@ -17,18 +17,53 @@ import math
 import torch
 
 
-def sparse_attention(q, k, v, src, dst, bias=None, scale=None):
+SCORES = ("dot", "gat", "gatv2")
+
+
+def edge_scores(q, k, src, dst, bias=None, scale=None, *, score="dot", negative_slope=0.2, att=None):
+    """Per-edge scores `s [E, H]` of the three score kinds (see shared/API.md).
+
+    dot:   q [N_dst, H, D], k [N_src, H, D]; s = scale * <q_i, k_j> + bias.
+    gat:   q [N_dst, H],    k [N_src, H];    s = LeakyReLU(q_i + k_j) + bias.
+    gatv2: q [N_dst, H, D], k [N_src, H, D], att [H, D]; s = sum_d att * LeakyReLU(q_i + k_j) + bias.
+    """
+    if score == "dot":
+        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+        scores = scale * (q[dst] * k[src]).sum(-1)
+    elif score == "gat":
+        scores = torch.nn.functional.leaky_relu(q[dst] + k[src], negative_slope)
+    elif score == "gatv2":
+        # Materialises [E, H, D]: the oracle favours clarity over memory.
+        scores = (torch.nn.functional.leaky_relu(q[dst] + k[src], negative_slope) * att).sum(-1)
+    else:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    if bias is not None:
+        scores = scores + (bias[:, None] if bias.dim() == 1 else bias)
+    return scores
+
+
+def dropout_keep_mask(shape, dropout_p, generator=None, device=None):
+    """The keep mask of attention dropout: True with probability 1 - dropout_p."""
+    return torch.rand(shape, generator=generator, device=device) >= dropout_p
+
+
+def sparse_attention(q, k, v, src, dst, bias=None, scale=None, *, score="dot", negative_slope=0.2, att=None,
+                     dropout_p=0.0, generator=None, dropout_mask=None, return_attention=False):
     """Edge-softmax attention over explicit edges `src[e] -> dst[e]`.
 
     q [N_dst, H, D], k [N_src, H, D], v [N_src, H, Dv], src/dst [E] integer,
-    bias None, [E] or [E, H]. Returns (out [N_dst, H, Dv], lse [N_dst, H]).
+    bias None, [E] or [E, H]. Returns (out [N_dst, H, Dv], lse [N_dst, H]), and
+    alpha [E, H] (after dropout) as a third item with return_attention=True.
+
+    `score` picks the score kind ("dot", "gat": q [N_dst, H], k [N_src, H],
+    "gatv2": needs `att [H, D]`). Dropout on the weights: `dropout_mask` (bool
+    [E, H], True = keep) if given, else one drawn from `generator` when
+    dropout_p > 0; kept weights are scaled by 1 / (1 - dropout_p). lse is
+    that of the scores, before dropout.
     """
     n_dst, heads = q.shape[0], q.shape[1]
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     src, dst = src.long(), dst.long()
-    scores = scale * (q[dst] * k[src]).sum(-1)  # [E, H]
-    if bias is not None:
-        scores = scores + (bias[:, None] if bias.dim() == 1 else bias)
+    scores = edge_scores(q, k, src, dst, bias, scale, score=score, negative_slope=negative_slope, att=att)
     # Softmax is shift-invariant, so the per-target max can be detached: it
     # only keeps exp() in range and never changes the value or the gradient.
     with torch.no_grad():
@@ -39,7 +74,16 @@ def sparse_attention(q, k, v, src, dst, bias=None, scale=None):
     # Targets without edges have denom 0: log gives -inf, which is their lse.
     lse = row_max.nan_to_num(neginf=0.0) + torch.log(denom)
     alpha = weights / denom[dst]
+    if dropout_mask is None and dropout_p > 0:
+        dropout_mask = dropout_keep_mask(alpha.shape, dropout_p, generator, alpha.device)
+    if dropout_mask is not None:
+        if dropout_p >= 1:
+            alpha = alpha * 0.0
+        else:
+            alpha = torch.where(dropout_mask, alpha * (1.0 / (1.0 - dropout_p)), alpha.new_zeros(()))
     out = v.new_zeros((n_dst, heads, v.shape[-1])).index_add(0, dst, alpha[..., None] * v[src])
+    if return_attention:
+        return out, lse, alpha
     return out, lse
 
 

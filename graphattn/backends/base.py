@@ -36,6 +36,10 @@ class Call:
     causal: bool
     deterministic: bool  # torch.use_deterministic_algorithms(True) is on
     return_lse: bool
+    # The sparse-path extras (shared/API.md, "Score kinds, attention dropout, attention weights").
+    score: str = "dot"  # "dot", "gat" or "gatv2"
+    dropout: bool = False  # attention dropout with dropout_p > 0
+    return_attention: bool = False  # the caller wants alpha [E, H]
 
 
 class Backend:
@@ -48,6 +52,12 @@ class Backend:
     supports_causal = True
     # Bitwise identical results run to run on the given device type.
     deterministic_on: tuple = ("cpu", "cuda")
+    # Score kinds, attention dropout and returning alpha: the fused kernels
+    # serve score="dot" without dropout or alpha (fused gat/gatv2/dropout
+    # kernels are not written yet); the reference backend serves them all.
+    score_kinds: tuple = ("dot",)
+    supports_dropout = False
+    supports_return_attention = False
 
     def unavailable_reason(self, device_type: str) -> Optional[str]:
         """Why this backend's code cannot run here at all, or None."""
@@ -73,6 +83,12 @@ class Backend:
             reasons.append("does not take bias")
         if call.causal and not self.supports_causal:
             reasons.append("does not take causal")
+        if call.score not in self.score_kinds:
+            reasons.append(f"serves score={'/'.join(repr(s) for s in self.score_kinds)} only, not {call.score!r}")
+        if call.dropout and not self.supports_dropout:
+            reasons.append("does not take attention dropout (dropout_p > 0)")
+        if call.return_attention and not self.supports_return_attention:
+            reasons.append("does not return attention weights (return_attention=True)")
         if call.deterministic and call.device_type not in self.deterministic_on:
             reasons.append(f"is not bitwise deterministic on {call.device_type} "
                            "(torch.use_deterministic_algorithms(True) is on)")
@@ -105,6 +121,16 @@ class Backend:
 
     def dense_backward(self, grad_out, grad_lse, q, k, v, out, lse, scale, causal):
         raise NotImplementedError(self.name)
+
+    # ---- the differentiable entry point for score kinds / dropout / alpha ----
+    def attention_extra(self, call: Call, q, k, v, graph, bias, scale: float, *, negative_slope: float, att,
+                        dropout_p: float, generator):
+        """-> (out, lse, alpha or None); differentiable. Only backends that declare the call's
+        score kind, dropout and return_attention support are given such a call."""
+        if call.score == "dot" and not call.dropout and not call.return_attention:
+            out, lse = self.attention(call, q, k, v, graph, bias, scale, False)
+            return out, lse, None
+        raise NotImplementedError(f"backend {self.name!r} does not implement score kinds, dropout or alpha")
 
     # ---- the differentiable entry point attention() calls ----
     def attention(self, call: Call, q, k, v, graph, bias, scale: float, causal: bool):

@@ -13,6 +13,31 @@ class ReferenceBackend(Backend):
     patterns = ("csr", "segments", "dense")
     # index_add / scatter on CUDA use atomics: not bitwise reproducible there.
     deterministic_on = ("cpu",)
+    score_kinds = ("dot", "gat", "gatv2")
+    supports_dropout = True
+    supports_return_attention = True
+
+    def attention_extra(self, call, q, k, v, graph, bias, scale, *, negative_slope, att, dropout_p, generator):
+        """Score kinds, attention dropout and alpha on the edge list (csr pattern only)."""
+        acc = stats_dtype(q.dtype)
+        keep = None
+        if dropout_p > 0:
+            # Drawn in edge_index column order (so a seed gives the same mask whatever the
+            # Graph's internal order), then taken into the target-sorted order.
+            keep = reference.dropout_keep_mask((graph.num_edges, q.shape[1]), dropout_p, generator,
+                                               q.device)[graph.eid]
+        edge_bias = None if bias is None else bias[graph.eid].to(acc)
+        out, lse, alpha = reference.sparse_attention(
+            q.to(acc), k.to(acc), v.to(acc), graph.col, graph.sorted_targets(), edge_bias, scale,
+            score=call.score, negative_slope=negative_slope, att=None if att is None else att.to(acc),
+            dropout_p=dropout_p, dropout_mask=keep, return_attention=True)
+        if call.return_attention:
+            # Back to edge_index column order.
+            alpha_cols = alpha.new_empty(alpha.shape).index_copy(0, graph.eid, alpha)
+            alpha_cols = alpha_cols.to(q.dtype)
+        else:
+            alpha_cols = None
+        return out.to(q.dtype), lse, alpha_cols
 
     def attention(self, call, q, k, v, graph, bias, scale, causal):
         # The contract: float32 (float64) accumulation, output in the input dtype, lse in float32 (float64).

@@ -189,6 +189,9 @@ void backward_targets(const BackwardParams& b, const Neighbours& nb) {
           const int64_t ahead = nb.node(e + kPrefetchAhead);
           prefetch_row<scalar_t>(p.k, ahead, H, D);
           prefetch_row<scalar_t>(p.v, ahead, H, Dv);
+          // The edge scratch and dbias are written by edge id: scattered, so fetch their lines early.
+          if (b.edge_probs != nullptr)
+            __builtin_prefetch(static_cast<acc_t*>(b.edge_probs) + nb.edge(e + kPrefetchAhead) * H * 2, 1);
         }
         for (int64_t h = 0; h < H; ++h) {
           const acc_t prob = std::exp(score<acc_t, scalar_t>(p, q_row.data(), j, edge, h) - lse[h]);
@@ -232,6 +235,8 @@ void backward_sources(const BackwardParams& b, const Neighbours& nb) {
           const int64_t ahead = nb.node(e + kPrefetchAhead);
           prefetch_row<scalar_t>(p.q, ahead, H, D);
           prefetch_row<scalar_t>(b.grad_out, ahead, H, Dv);
+          if (b.edge_probs != nullptr)
+            __builtin_prefetch(static_cast<const acc_t*>(b.edge_probs) + nb.edge(e + kPrefetchAhead) * H * 2);
         }
         const acc_t* lse = static_cast<const acc_t*>(p.lse) + i * H;
         const acc_t* delta = static_cast<const acc_t*>(b.delta) + i * H;

@@ -56,7 +56,10 @@ inline const scalar_t* row_ptr(const RowsParams& r, int64_t row, int64_t head) {
 
 // The kernels are bound by the latency of gathering neighbour rows scattered
 // through memory, not by arithmetic: ask for a row a few edges before it is used.
-constexpr int64_t kPrefetchAhead = 8;
+// The distance was chosen by timing benchmarks/cpu_vs_pyg.py on the 2-core CI
+// machine with 2, 3, 4, 8 and 16 edges ahead: 2 and 3 were fastest, and farther
+// (too many lines in flight) slower; prefetching only each row's first line was slower.
+constexpr int64_t kPrefetchAhead = 2;
 
 template <typename scalar_t>
 inline void prefetch_row(const RowsParams& r, int64_t row, int64_t heads, int64_t dim) {

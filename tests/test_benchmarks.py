@@ -103,6 +103,20 @@ def test_quick_plots(quick_csv):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_readme_figures_come_from_the_csv(quick_csv, tmp_path, monkeypatch):
+    """The README block is rebuilt from the rows: both providers and the ratios appear."""
+    from benchmarks import readme_figures
+
+    monkeypatch.setattr(readme_figures, "ROOT", quick_csv.parent)
+    monkeypatch.setattr(readme_figures, "RESULTS", quick_csv.parent)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{readme_figures.BEGIN}\nold\n{readme_figures.END}\noutro\n")
+    assert readme_figures.main(["--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
+    assert "graphattn-cpu" in text and "pyg-scatter" in text and "faster than the PyG-style baseline" in text
+
+
 # ---------------------------------------------------------------------------
 # the pieces
 # ---------------------------------------------------------------------------

@@ -3,17 +3,13 @@
 Runs on CUDA when available, else on CPU through Triton's interpreter
 (TRITON_INTERPRET=1 must be set before triton is imported; sizes are small).
 """
+import math
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import torch
 
-import importlib.util  # noqa: E402
-import math  # noqa: E402
-import pathlib  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
+# tests/conftest.py switches Triton's interpreter on when there is no GPU.
 triton = pytest.importorskip("triton")
 
 from graphattn.kernels.csr_attention import (  # noqa: E402
@@ -23,15 +19,7 @@ from graphattn.kernels.csr_attention import (  # noqa: E402
     csr_attention_backward,
     csr_attention_forward,
 )
-
-try:
-    from graphattn.reference import sparse_attention
-except Exception:  # the package may be mid-edit: load the oracle file by path
-    _path = pathlib.Path(__file__).resolve().parents[1] / "graphattn" / "reference.py"
-    _spec = importlib.util.spec_from_file_location("_graphattn_reference", _path)
-    _ref = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(_ref)
-    sparse_attention = _ref.sparse_attention
+from graphattn.reference import sparse_attention  # noqa: E402
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
 if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":

@@ -9,21 +9,11 @@ fp32 dots, input_precision="ieee"). float16 / bfloat16 follow flash-attention's
 rule: the kernel's max error against float64 must stay within 3x the error of the
 same reference computed by torch in that dtype (plus a small floor).
 """
-import os
 
+import pytest
 import torch
 
-# Without a GPU the kernels run in Triton's interpreter, which must be switched on
-# before triton is first imported. With a GPU they are compiled (set
-# TRITON_INTERPRET=1 yourself to interpret them there too).
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import importlib.util  # noqa: E402
-import pathlib  # noqa: E402
-
-import pytest  # noqa: E402
-
+# tests/conftest.py switches Triton's interpreter on when there is no GPU.
 triton = pytest.importorskip("triton")
 
 import graphattn.kernels.dense_attention as kda  # noqa: E402
@@ -35,14 +25,7 @@ from graphattn.kernels.dense_attention import (  # noqa: E402
     segment_attention_forward,
 )
 
-try:
-    from graphattn.reference import dense_attention, segment_attention
-except Exception:  # the package may be mid-edit: load the oracle file by path
-    _path = pathlib.Path(__file__).resolve().parents[1] / "graphattn" / "reference.py"
-    _spec = importlib.util.spec_from_file_location("_graphattn_reference_dense", _path)
-    _ref = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(_ref)
-    dense_attention, segment_attention = _ref.dense_attention, _ref.segment_attention
+from graphattn.reference import dense_attention, segment_attention  # noqa: E402
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
 if device == "cpu" and not kda._INTERPRET:

@@ -132,7 +132,8 @@ def default_csv(device: str, quick: bool = False) -> Path:
 
 
 def git_commit() -> str:
-    """Short HEAD, + '-dirty' when tracked files differ from it; GRAPHATTN_COMMIT overrides."""
+    """Short HEAD, + '-dirty' when tracked files other than benchmarks/results/ (which the
+    benchmarks themselves append to) differ from it; GRAPHATTN_COMMIT overrides."""
     if os.environ.get("GRAPHATTN_COMMIT"):
         return os.environ["GRAPHATTN_COMMIT"]
     try:
@@ -140,7 +141,8 @@ def git_commit() -> str:
                               text=True, timeout=10)
         if head.returncode != 0:
             return "unknown"
-        status = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
+        status = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no",
+                                 "--", ".", ":(exclude)benchmarks/results"],
                                 cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
         dirty = status.returncode == 0 and status.stdout.strip() != ""
         return head.stdout.strip() + ("-dirty" if dirty else "")

@@ -46,6 +46,17 @@ def _comparison_table(rows):
     return lines
 
 
+# The n^2-vs-sparse scaling plots first: they are what the README is read for.
+_FIRST = ("n-time", "n-memory", "n-memory-total", "density")
+
+
+def _plot_order(png: Path):
+    for rank, name in enumerate(_FIRST):
+        if png.stem.endswith("-" + name):
+            return (rank, png.name)
+    return (len(_FIRST), png.name)
+
+
 def section_for(csv_path: Path) -> list:
     rows = plot.load(csv_path)
     if not rows:
@@ -61,7 +72,7 @@ def section_for(csv_path: Path) -> list:
                   f"E = {int(r0['E']):,}, H = {int(r0['H'])}, D = {int(r0['D'])}, {r0['dtype']}, "
                   f"commit {r0['commit']}, {r0['date']}.", ""]
         lines += _comparison_table(run) + [""]
-    for png in sorted(RESULTS.glob(f"{csv_path.stem}-*.png")):
+    for png in sorted(RESULTS.glob(f"{csv_path.stem}-*.png"), key=_plot_order):
         lines.append(f"![{png.stem}]({png.relative_to(ROOT)})")
     return lines + [""]
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import graphattn
+import graphattn.info
 
 
 def community_graph(num_nodes, num_classes, degree, gen):
@@ -114,12 +115,10 @@ def main():
     parser.add_argument("--degree", type=int, default=16)
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
-    print(graphattn.info.report() if hasattr(graphattn, "info") else "")
+    print(graphattn.info.report())
     train(args)
     timing_table()
 
 
 if __name__ == "__main__":
-    import graphattn.info  # noqa: F401
-
     main()

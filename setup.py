@@ -55,7 +55,7 @@ setup(
     name="graphattn",
     version="0.1.0",
     description="Fused edge-softmax attention over arbitrary edge lists (sparse GAT-style and dense Transformer)",
-    packages=["graphattn", "graphattn.backends", "graphattn.kernels"],
+    packages=["graphattn", "graphattn.backends", "graphattn.nn", "graphattn.kernels"],
     # The Triton kernels live in kernels/ at the top of the repo and install as graphattn.kernels.
     package_dir={"graphattn.kernels": "kernels"},
     ext_modules=[extension()],

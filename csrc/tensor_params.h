@@ -67,4 +67,42 @@ inline ForwardParams forward_params(const at::Tensor& q, const at::Tensor& k, co
   return p;
 }
 
+// What every backward binding prepares before its kernels run: inputs with a
+// contiguous last dim, saved statistics in the accumulation dtype, the Delta
+// scratch and the gradients, and the BackwardParams pointing at them (the
+// pattern fields and grad_bias are left to the caller). The tensors are held
+// here so the pointers in `params` stay valid.
+struct BackwardTensors {
+  at::Tensor q, k, v, grad_out, out, lse, grad_lse, delta, grad_q, grad_k, grad_v;
+  BackwardParams params;
+};
+
+inline BackwardTensors backward_tensors(const at::Tensor& grad_out, const c10::optional<at::Tensor>& grad_lse,
+                                        const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                        const c10::optional<at::Tensor>& bias, const at::Tensor& out,
+                                        const at::Tensor& lse, double scale) {
+  BackwardTensors t;
+  t.q = last_dim_contiguous(q);
+  t.k = last_dim_contiguous(k);
+  t.v = last_dim_contiguous(v);
+  t.grad_out = last_dim_contiguous(grad_out);
+  const at::ScalarType acc = stats_dtype(t.q);
+  t.out = out.contiguous();
+  t.lse = lse.to(acc).contiguous();
+  if (grad_lse.has_value()) t.grad_lse = grad_lse->to(acc).contiguous();
+  t.delta = at::empty({t.q.size(0), t.q.size(1)}, t.q.options().dtype(acc));
+  t.grad_q = at::empty(t.q.sizes(), t.q.options());
+  t.grad_k = at::empty(t.k.sizes(), t.k.options());
+  t.grad_v = at::empty(t.v.sizes(), t.v.options());
+  BackwardParams& b = t.params;
+  b.fwd = forward_params(t.q, t.k, t.v, bias, scale, t.out, t.lse);
+  b.grad_out = rows_params(t.grad_out);
+  b.grad_lse = t.grad_lse.defined() ? t.grad_lse.data_ptr() : nullptr;
+  b.delta = t.delta.data_ptr();
+  b.grad_q = t.grad_q.data_ptr();
+  b.grad_k = t.grad_k.data_ptr();
+  b.grad_v = t.grad_v.data_ptr();
+  return t;
+}
+
 }  // namespace graphattn

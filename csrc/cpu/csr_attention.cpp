@@ -40,40 +40,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> csr_attention_backwar
     const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional<at::Tensor>& bias, const at::Tensor& out_in,
     const at::Tensor& lse_in, const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& eid,
     const at::Tensor& colptr, const at::Tensor& row_t, const at::Tensor& eid_t, double scale, bool need_dbias) {
-  const at::Tensor q = last_dim_contiguous(q_in), k = last_dim_contiguous(k_in), v = last_dim_contiguous(v_in);
-  const at::Tensor grad_out = last_dim_contiguous(grad_out_in);
-  const at::ScalarType acc = stats_dtype(q);
-  at::Tensor out = out_in.contiguous(), lse = lse_in.to(acc).contiguous();
-  at::Tensor glse;
-  if (grad_lse.has_value()) glse = grad_lse->to(acc).contiguous();
-  BackwardParams b;
-  b.fwd = forward_params(q, k, v, bias, scale, out, lse);
+  BackwardTensors t = backward_tensors(grad_out_in, grad_lse, q_in, k_in, v_in, bias, out_in, lse_in, scale);
+  BackwardParams& b = t.params;
   check_csr(rowptr, col, b.fwd.num_dst);
   check_csr(colptr, row_t, b.fwd.num_src);
   b.fwd.by_target = csr_params(rowptr, col, eid, b.fwd.num_dst);
   b.by_source = csr_params(colptr, row_t, eid_t, b.fwd.num_src);
-  b.grad_out = rows_params(grad_out);
-  b.grad_lse = glse.defined() ? glse.data_ptr() : nullptr;
-  at::Tensor delta = at::empty({q.size(0), q.size(1)}, q.options().dtype(acc));
-  at::Tensor grad_q = at::empty(q.sizes(), q.options()), grad_k = at::empty(k.sizes(), k.options()),
-             grad_v = at::empty(v.sizes(), v.options());
-  at::Tensor grad_bias = need_dbias ? at::empty({col.numel(), q.size(1)}, q.options()) : at::empty({0}, q.options());
-  b.delta = delta.data_ptr();
-  b.grad_q = grad_q.data_ptr();
-  b.grad_k = grad_k.data_ptr();
-  b.grad_v = grad_v.data_ptr();
+  const at::TensorOptions options = t.q.options();
+  at::Tensor grad_bias = need_dbias ? at::empty({col.numel(), t.q.size(1)}, options) : at::empty({0}, options);
   b.grad_bias = need_dbias ? grad_bias.data_ptr() : nullptr;
-  at::Tensor edge_probs = at::empty({col.numel(), q.size(1), 2}, q.options().dtype(acc));
+  at::Tensor edge_probs = at::empty({col.numel(), t.q.size(1), 2}, options.dtype(t.lse.scalar_type()));
   b.edge_probs = edge_probs.data_ptr();
   const CsrNeighbours by_target{b.fwd.by_target.offsets, b.fwd.by_target.index, b.fwd.by_target.edge_id,
                                 b.fwd.num_src};
   const CsrNeighbours by_source{b.by_source.offsets, b.by_source.index, b.by_source.edge_id, b.fwd.num_dst};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "csr_attention_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.q.scalar_type(), "csr_attention_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     backward_targets<scalar_t, acc_t>(b, by_target);  // also fills delta, which the source pass reads
     backward_sources<scalar_t, acc_t>(b, by_source);
   });
-  return {grad_q, grad_k, grad_v, grad_bias};
+  return {t.grad_q, t.grad_k, t.grad_v, grad_bias};
 }
 
 }  // namespace

@@ -41,30 +41,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_attention_backward(
     const at::Tensor& grad_out_in, const c10::optional<at::Tensor>& grad_lse, const at::Tensor& q_in,
     const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& out_in, const at::Tensor& lse_in,
     const at::Tensor& ptr, double scale) {
-  const at::Tensor q = last_dim_contiguous(q_in), k = last_dim_contiguous(k_in), v = last_dim_contiguous(v_in);
-  const at::Tensor grad_out = last_dim_contiguous(grad_out_in);
-  const at::ScalarType acc = stats_dtype(q);
-  at::Tensor out = out_in.contiguous(), lse = lse_in.to(acc).contiguous();
-  at::Tensor glse;
-  if (grad_lse.has_value()) glse = grad_lse->to(acc).contiguous();
-  BackwardParams b;
-  b.fwd = forward_params(q, k, v, c10::nullopt, scale, out, lse);
-  b.grad_out = rows_params(grad_out);
-  b.grad_lse = glse.defined() ? glse.data_ptr() : nullptr;
-  at::Tensor delta = at::empty({q.size(0), q.size(1)}, q.options().dtype(acc));
-  at::Tensor grad_q = at::empty(q.sizes(), q.options()), grad_k = at::empty(k.sizes(), k.options()),
-             grad_v = at::empty(v.sizes(), v.options());
-  b.delta = delta.data_ptr();
-  b.grad_q = grad_q.data_ptr();
-  b.grad_k = grad_k.data_ptr();
-  b.grad_v = grad_v.data_ptr();
-  const SegmentNeighbours nb = segment_neighbours(ptr, q.size(0));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "segment_attention_backward", [&] {
+  BackwardTensors t = backward_tensors(grad_out_in, grad_lse, q_in, k_in, v_in, c10::nullopt, out_in, lse_in, scale);
+  const BackwardParams& b = t.params;
+  const SegmentNeighbours nb = segment_neighbours(ptr, t.q.size(0));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.q.scalar_type(), "segment_attention_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     backward_targets<scalar_t, acc_t>(b, nb);  // fills delta, which the source pass reads
     backward_sources<scalar_t, acc_t>(b, nb);  // a segment is its own transpose
   });
-  return {grad_q, grad_k, grad_v};
+  return {t.grad_q, t.grad_k, t.grad_v};
 }
 
 }  // namespace

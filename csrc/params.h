@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdint>
 
+#include "dropout_hash.h"
+
 namespace graphattn {
 
 // Who a row attends to. For "csr" the neighbours of row i are the positions
@@ -33,7 +35,17 @@ struct ForwardParams {
   double scale = 1.0;
   void* out = nullptr;  // [num_dst, H, Dv] contiguous, input dtype
   void* lse = nullptr;  // [num_dst, H] contiguous, accumulation dtype
+  // The sparse-path extras (graphattn/scored_ops.py). The defaults are plain dot-product attention.
+  int score_kind = 0;           // kDotScore, kGatScore or kGatv2Score
+  const void* att = nullptr;    // [H, D] contiguous, input dtype: gatv2's attention vector; null = all ones
+  double negative_slope = 0.2;  // of the additive scores' LeakyReLU
+  DropoutParams dropout;        // attention dropout on the weights, mask by edge id (dropout_hash.h)
+  void* alpha = nullptr;        // [E, H] contiguous, input dtype, by edge id: the weights after dropout; or null
 };
+
+constexpr int kDotScore = 0;    // s = scale <q_i, k_j> + bias
+constexpr int kGatScore = 1;    // s = LeakyReLU(q_i + k_j) + bias, with D = 1 (the additive score, att = 1)
+constexpr int kGatv2Score = 2;  // s = sum_d att LeakyReLU(q_i + k_j) + bias
 
 struct BackwardParams {
   ForwardParams fwd;            // inputs as in the forward (its out/lse point at the saved ones)
@@ -49,6 +61,11 @@ struct BackwardParams {
   void* grad_k = nullptr;
   void* grad_v = nullptr;
   void* grad_bias = nullptr;    // [E, H] contiguous, input dtype, or null when not needed
+  // Extras: the gradient of the returned weights ([E, H] accumulation dtype by edge id, or null), and
+  // per-target-row partials of the gradient of att ([num_dst, H, D] accumulation dtype, or null): each
+  // row written by one thread, summed afterwards, so the sum does not depend on the thread count.
+  const void* grad_alpha = nullptr;
+  void* grad_att_rows = nullptr;
 };
 
 }  // namespace graphattn

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from . import dispatch
+from . import dispatch, dropout
 from .backends import Call
 from .graph import Graph
 
@@ -205,7 +205,10 @@ def attention(q, k, v, edge_index=None, *, bias=None, scale: Optional[float] = N
     if call.score == "dot" and not call.dropout and not call.return_attention:
         out, lse = chosen.attention(call, q, k, v, graph, bias, scale, bool(causal))
         return (out, lse) if return_lse else out
+    # One seed per call, drawn from torch's generator: the keep mask is a hash of (seed, edge, head),
+    # the same on every backend (graphattn/dropout.py).
+    seed = dropout.draw_seed(generator, q.device) if dropout_p > 0 else None
     out, lse, alpha = chosen.attention_extra(call, q, k, v, graph, bias, scale, negative_slope=negative_slope,
-                                             att=att, dropout_p=dropout_p, generator=generator)
+                                             att=att, dropout_p=dropout_p, seed=seed)
     result = (out,) + ((lse,) if return_lse else ()) + ((alpha,) if return_attention else ())
     return result if len(result) > 1 else out

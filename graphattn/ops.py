@@ -205,6 +205,18 @@ def _register_kernel_fakes():
         dbias = q.new_empty((col.shape[0], q.shape[1])) if need_dbias else q.new_empty(0)
         return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dbias
 
+    @torch.library.register_fake("graphattn::csr_scored_attention_forward")
+    def _(q, k, v, rowptr, col, eid, bias, att, seed, score_kind, scale, negative_slope, dropout_p, return_alpha):
+        out, lse = _fake_out_lse(q, v, q.shape[0])
+        return out, lse, q.new_empty((col.shape[0], q.shape[1])) if return_alpha else q.new_empty(0)
+
+    @torch.library.register_fake("graphattn::csr_scored_attention_backward")
+    def _(grad_out, grad_lse, grad_alpha, q, k, v, bias, att, seed, out, lse, rowptr, col, eid, colptr, row_t, eid_t,
+          score_kind, scale, negative_slope, dropout_p, need_dbias, need_datt):
+        dbias = q.new_empty((col.shape[0], q.shape[1])) if need_dbias else q.new_empty(0)
+        datt = q.new_empty(att.shape) if need_datt and att is not None else q.new_empty(0)
+        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dbias, datt
+
     @torch.library.register_fake("graphattn::segment_attention_forward")
     def _(q, k, v, ptr, scale):
         return _fake_out_lse(q, v, q.shape[0])

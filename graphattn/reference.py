@@ -42,11 +42,6 @@ def edge_scores(q, k, src, dst, bias=None, scale=None, *, score="dot", negative_
     return scores
 
 
-def dropout_keep_mask(shape, dropout_p, generator=None, device=None):
-    """The keep mask of attention dropout: True with probability 1 - dropout_p."""
-    return torch.rand(shape, generator=generator, device=device) >= dropout_p
-
-
 def sparse_attention(q, k, v, src, dst, bias=None, scale=None, *, score="dot", negative_slope=0.2, att=None,
                      dropout_p=0.0, generator=None, dropout_mask=None, return_attention=False):
     """Edge-softmax attention over explicit edges `src[e] -> dst[e]`.
@@ -75,7 +70,7 @@ def sparse_attention(q, k, v, src, dst, bias=None, scale=None, *, score="dot", n
     lse = row_max.nan_to_num(neginf=0.0) + torch.log(denom)
     alpha = weights / denom[dst]
     if dropout_mask is None and dropout_p > 0:
-        dropout_mask = dropout_keep_mask(alpha.shape, dropout_p, generator, alpha.device)
+        dropout_mask = torch.rand(alpha.shape, generator=generator, device=alpha.device) >= dropout_p
     if dropout_mask is not None:
         if dropout_p >= 1:
             alpha = alpha * 0.0

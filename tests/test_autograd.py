@@ -166,3 +166,58 @@ def test_torch_compile_builds_the_lazy_transpose_once():
     assert first is not None
     compiled(q, k, v).sum().backward()
     assert graph._transposed is first
+
+
+def _sample_scored(score, dropout_p, return_alpha=True):
+    q, k, v, bias, rowptr, col, eid, colptr, row_t, eid_t, _, scale, _ = _sample_csr()
+    att = None
+    if score == "gat":
+        q, k = (t.detach()[..., :1].clone().requires_grad_() for t in (q, k))
+    if score == "gatv2":
+        att = torch.randn(q.shape[1], q.shape[2]).requires_grad_()
+    seed = graphattn.dropout.draw_seed(torch.Generator().manual_seed(1)) if dropout_p else None
+    return (q, k, v, bias, att, seed, rowptr, col, eid, colptr, row_t, eid_t, [], score, scale, 0.2, dropout_p,
+            return_alpha, "cpu")
+
+
+@pytest.mark.parametrize("score,dropout_p", [("dot", 0.3), ("gat", 0.0), ("gatv2", 0.5)])
+def test_opcheck_scored_op(score, dropout_p):
+    from graphattn import scored_ops
+
+    torch.library.opcheck(scored_ops.attention_csr_scored, _sample_scored(score, dropout_p))
+    args = _sample_scored(score, dropout_p)
+    q, k, v, bias, att, seed, rowptr, col, eid = args[:9]
+    code = scored_ops.SCORE_CODES[score]
+    detached = [None if t is None else t.detach() for t in (q, k, v, bias, att)]
+    fwd_args = (*detached[:3], rowptr, col, eid, detached[3], detached[4], seed, code, 0.5, 0.2, dropout_p, True)
+    torch.library.opcheck(torch.ops.graphattn.csr_scored_attention_forward, fwd_args)
+    out, lse, alpha = torch.ops.graphattn.csr_scored_attention_forward(*fwd_args)
+    torch.library.opcheck(torch.ops.graphattn.csr_scored_attention_backward,
+                          (torch.randn_like(out), None, torch.randn_like(alpha), *detached[:3], detached[3],
+                           detached[4], seed, out, lse, rowptr, col, eid, *args[9:12], code, 0.5, 0.2, dropout_p,
+                           True, att is not None))
+
+
+def test_torch_compile_gatv2_with_dropout_and_alpha():
+    """The scored op traces with fullgraph=True; the seed is drawn inside the graph, so compiled and
+    eager runs match under the same torch.manual_seed only for the dropout-free part: compare p=0."""
+    torch._dynamo.reset()
+    n, heads, d = 12, 2, 4
+    graph = graphattn.Graph.from_edge_index(random_edges(n, n, 40, seed=1), num_nodes=n)
+    q, k, v = (random_rows(n, heads, d, torch.float32, seed=s).requires_grad_() for s in (1, 2, 3))
+    att = torch.randn(heads, d, requires_grad=True)
+
+    def fn(q, k, v, att, p):
+        out, alpha = graphattn.attention(q, k, v, graph, score="gatv2", att=att, dropout_p=p,
+                                         return_attention=True)
+        return out.square().sum() + alpha.square().sum()
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    got = compiled(q, k, v, att, 0.0)
+    got_grads = torch.autograd.grad(got, (q, k, v, att))
+    expected = fn(q, k, v, att, 0.0)
+    expected_grads = torch.autograd.grad(expected, (q, k, v, att))
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got_grads, expected_grads))
+    dropped = compiled(q, k, v, att, 0.5)  # traces and runs with dropout too
+    assert torch.isfinite(dropped)

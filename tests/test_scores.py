@@ -6,8 +6,9 @@ import torch
 import graphattn
 from conftest import assert_matches, leaf, random_edges
 
-# These features are served by the reference backend today (fused kernels come later);
-# run on CPU tensors so the tests are the same on any machine.
+# Run on CPU tensors so the tests are the same on any machine: auto serves them with the
+# fused CPU kernels (tests/test_scored_backends.py compares every kernel backend with the
+# reference backend).
 DEV = "cpu"
 
 
@@ -224,22 +225,26 @@ def test_dropout_backward_uses_forward_mask(score):
 @pytest.mark.parametrize("kw", [dict(score="gat"), dict(score="gatv2"), dict(dropout_p=0.1),
                                 dict(return_attention=True)])
 def test_dispatch(kw):
+    """auto serves the extras with the fused CPU kernels; the CUDA C++ backend says it does not take them."""
     score = kw.get("score", "dot")
     q, k, v, att, _, ei = inputs(score, dtype=torch.float32)
-    res = graphattn.attention(q, k, v, ei, att=att, **kw)  # auto falls back to the reference
-    assert torch.isfinite(res[0] if isinstance(res, tuple) else res).all()
-    with pytest.raises(graphattn.BackendError) as err:
-        graphattn.attention(q, k, v, ei, att=att, backend="cpu", **kw)
-    word = {"score": "score", "dropout_p": "dropout", "return_attention": "return_attention"}[next(iter(kw))]
-    assert word in str(err.value)
-    call = graphattn.backends.Call("csr", "cuda", torch.float16, 2, 16, 16, False, False, False, False,
-                                   score=score, dropout="dropout_p" in kw,
+    call = graphattn.backends.Call("csr", "cpu", torch.float32, 3, 1 if score == "gat" else 5, 4, False, False,
+                                   False, False, score=score, dropout="dropout_p" in kw,
                                    return_attention="return_attention" in kw)
-    for name in ("cpu", "triton", "cuda"):
-        if name in graphattn.dispatch.BACKENDS:
-            reasons = graphattn.dispatch.BACKENDS[name].not_supported_reasons(call)
-            assert any(word in r for r in reasons), (name, reasons)
-    assert not graphattn.dispatch.BACKENDS["reference"].not_supported_reasons(call)
+    assert graphattn.dispatch.choose(call).name == "cpu"
+    res = graphattn.attention(q, k, v, ei, att=att, **kw)
+    assert torch.isfinite(res[0] if isinstance(res, tuple) else res).all()
+    word = {"score": "score", "dropout_p": "dropout", "return_attention": "return_attention"}[next(iter(kw))]
+    if "cuda" in graphattn.dispatch.BACKENDS:
+        cuda_call = graphattn.backends.Call("csr", "cuda", torch.float16, 2, 16, 16, False, False, False, False,
+                                            score=score, dropout="dropout_p" in kw,
+                                            return_attention="return_attention" in kw)
+        reasons = graphattn.dispatch.BACKENDS["cuda"].not_supported_reasons(cuda_call)
+        assert any(word in r for r in reasons), reasons
+    # segments take none of them, whatever the backend
+    seg = graphattn.Graph.block_diagonal(torch.tensor([0, 3, 7]))
+    with pytest.raises(ValueError, match="sparse"):
+        graphattn.attention(q[:7], k[:7], v[:7], seg, att=att, backend="cpu", **kw)
 
 
 def test_errors():

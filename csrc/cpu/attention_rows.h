@@ -100,10 +100,59 @@ inline acc_t bias_at(const ForwardParams& p, int64_t edge, int64_t h) {
       static_cast<const scalar_t*>(p.bias)[edge * p.bias_edge_stride + h * p.bias_head_stride]);
 }
 
-template <typename acc_t, typename scalar_t>
-inline acc_t score(const ForwardParams& p, const acc_t* q_row, int64_t src, int64_t edge, int64_t h) {
-  const acc_t s = dot(q_row + h * p.head_dim, row_ptr<scalar_t>(p.k, src, h), p.head_dim);
-  return static_cast<acc_t>(p.scale) * s + bias_at<acc_t, scalar_t>(p, edge, h);
+// The score kinds (params.h). The kernels are templated on kScore so the plain
+// dot-product path compiles to the same code as before the extras existed. Any
+// kScore other than kDotScore is the additive form; gat is gatv2 with D = 1 and
+// no att (all ones), so bindings instantiate kDotScore and kGatv2Score only.
+
+template <typename acc_t>
+inline acc_t leaky_relu(acc_t x, acc_t slope) { return x > 0 ? x : slope * x; }
+
+// d LeakyReLU / dx, with torch's convention at 0 (the negative side).
+template <typename acc_t>
+inline acc_t leaky_relu_slope(acc_t x, acc_t slope) { return x > 0 ? acc_t(1) : slope; }
+
+// The score without bias: q_row_h is head h of the target row (accumulation type),
+// k_jh head h of the source row, att_h head h of att (additive scores only).
+template <int kScore, typename acc_t, typename scalar_t>
+inline acc_t raw_score(const ForwardParams& p, const acc_t* q_row_h, const scalar_t* k_jh, const acc_t* att_h) {
+  if constexpr (kScore == kDotScore) {
+    return static_cast<acc_t>(p.scale) * dot(q_row_h, k_jh, p.head_dim);
+  } else {
+    const acc_t slope = static_cast<acc_t>(p.negative_slope);
+    acc_t s = 0;
+    for (int64_t d = 0; d < p.head_dim; ++d)
+      s += att_h[d] * leaky_relu(q_row_h[d] + static_cast<acc_t>(k_jh[d]), slope);
+    return s;
+  }
+}
+
+template <int kScore, typename acc_t, typename scalar_t>
+inline acc_t score(const ForwardParams& p, const acc_t* q_row, const acc_t* att, int64_t src, int64_t edge,
+                   int64_t h) {
+  return raw_score<kScore, acc_t, scalar_t>(p, q_row + h * p.head_dim, row_ptr<scalar_t>(p.k, src, h),
+                                            att + h * p.head_dim) +
+         bias_at<acc_t, scalar_t>(p, edge, h);
+}
+
+// att [H, D] in the accumulation type; all ones when there is none (gat), unused for dot.
+template <int kScore, typename acc_t, typename scalar_t>
+inline std::vector<acc_t> load_att(const ForwardParams& p) {
+  std::vector<acc_t> att;
+  if constexpr (kScore != kDotScore) {
+    att.assign(p.num_heads * p.head_dim, acc_t(1));
+    if (p.att != nullptr)
+      for (int64_t x = 0; x < p.num_heads * p.head_dim; ++x) att[x] = static_cast<acc_t>(static_cast<const scalar_t*>(p.att)[x]);
+  }
+  return att;
+}
+
+// The factor the weight of (edge, h) is multiplied by after the softmax: 1 without
+// dropout; else 1 / (1 - p) when kept and 0 when dropped.
+template <typename acc_t>
+inline acc_t dropout_factor(const DropoutParams& d, int64_t edge, int64_t h) {
+  if (!d.enabled) return acc_t(1);
+  return dropout_keep(d, edge, h) ? static_cast<acc_t>(d.keep_scale) : acc_t(0);
 }
 
 // Scores are computed for a chunk of edges, then folded into a running
@@ -111,10 +160,11 @@ inline acc_t score(const ForwardParams& p, const acc_t* q_row, int64_t src, int6
 // accumulator is rescaled once per chunk, not once per edge.
 constexpr int64_t kChunk = 64;
 
-template <typename scalar_t, typename acc_t, typename Neighbours>
+template <typename scalar_t, typename acc_t, typename Neighbours, int kScore = kDotScore>
 void forward(const ForwardParams& p, const Neighbours& nb) {
   const int64_t H = p.num_heads, D = p.head_dim, Dv = p.value_dim;
   const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
+  const std::vector<acc_t> att = load_att<kScore, acc_t, scalar_t>(p);
   at::parallel_for(0, p.num_dst, 16, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> q_row(H * D), acc(H * Dv), row_max(H), row_sum(H), scores(kChunk * H);
     std::vector<int64_t> srcs(kChunk);
@@ -133,7 +183,7 @@ void forward(const ForwardParams& p, const Neighbours& nb) {
             prefetch_row<scalar_t>(p.v, srcs[t + kPrefetchAhead], H, Dv);  // read in the loop after this one
           }
           for (int64_t h = 0; h < H; ++h)
-            scores[t * H + h] = score<acc_t, scalar_t>(p, q_row.data(), srcs[t], nb.edge(c + t), h);
+            scores[t * H + h] = score<kScore, acc_t, scalar_t>(p, q_row.data(), att.data(), srcs[t], nb.edge(c + t), h);
         }
         for (int64_t h = 0; h < H; ++h) {
           acc_t chunk_max = neg_inf;
@@ -148,32 +198,53 @@ void forward(const ForwardParams& p, const Neighbours& nb) {
         for (int64_t t = 0; t < n; ++t) {
           for (int64_t h = 0; h < H; ++h) {
             const acc_t w = std::exp(scores[t * H + h] - row_max[h]);
-            row_sum[h] += w;
-            axpy(acc.data() + h * Dv, w, row_ptr<scalar_t>(p.v, srcs[t], h), Dv);
+            row_sum[h] += w;  // the softmax's denominator counts dropped edges too
+            const acc_t kept = p.dropout.enabled && !dropout_keep(p.dropout, nb.edge(c + t), h) ? acc_t(0) : w;
+            axpy(acc.data() + h * Dv, kept, row_ptr<scalar_t>(p.v, srcs[t], h), Dv);
           }
         }
       }
       scalar_t* out = static_cast<scalar_t*>(p.out) + i * H * Dv;
       acc_t* lse = static_cast<acc_t*>(p.lse) + i * H;
+      const acc_t keep_scale = p.dropout.enabled ? static_cast<acc_t>(p.dropout.keep_scale) : acc_t(1);
       for (int64_t h = 0; h < H; ++h) {
         // A row without edges: out = 0 and lse = -inf (row_sum is 0).
-        const acc_t inv = row_sum[h] > 0 ? acc_t(1) / row_sum[h] : acc_t(0);
+        const acc_t inv = row_sum[h] > 0 ? keep_scale / row_sum[h] : acc_t(0);
         for (int64_t d = 0; d < Dv; ++d) out[h * Dv + d] = static_cast<scalar_t>(acc[h * Dv + d] * inv);
         lse[h] = row_sum[h] > 0 ? row_max[h] + std::log(row_sum[h]) : neg_inf;
+      }
+      if (p.alpha != nullptr) {
+        // The weights, now that lse is known: from the scores still in the buffer when the
+        // row fitted one chunk, else recomputed.
+        const bool in_buffer = last - first <= kChunk;
+        for (int64_t e = first; e < last; ++e) {
+          const int64_t edge = nb.edge(e);
+          for (int64_t h = 0; h < H; ++h) {
+            const acc_t s = in_buffer ? scores[(e - first) * H + h]
+                                      : score<kScore, acc_t, scalar_t>(p, q_row.data(), att.data(), nb.node(e), edge, h);
+            static_cast<scalar_t*>(p.alpha)[edge * H + h] =
+                static_cast<scalar_t>(std::exp(s - lse[h]) * dropout_factor<acc_t>(p.dropout, edge, h));
+          }
+        }
       }
     }
   });
 }
 
 // Backward, pass 1, over target rows: Delta_i = rowsum(dO_i * O_i) - dlse_i,
-// then for each incoming edge ds = p (dp - Delta_i) with p = exp(s - lse_i),
-// dp = <dO_i, v_j>; dQ_i = scale * sum ds k_j; dbias[edge] = ds.
-template <typename scalar_t, typename acc_t, typename Neighbours>
+// then for each incoming edge ds = p (f (dp + g) - Delta_i) with p = exp(s - lse_i),
+// dp = <dO_i, v_j>, f the dropout factor and g the gradient of the returned weight
+// (see graphattn/scored_ops.py); dQ_i = sum ds ds/dq_i (scale k_j for dot
+// scores); dbias[edge] = ds; the additive scores also give d att.
+template <typename scalar_t, typename acc_t, typename Neighbours, int kScore = kDotScore>
 void backward_targets(const BackwardParams& b, const Neighbours& nb) {
   const ForwardParams& p = b.fwd;
   const int64_t H = p.num_heads, D = p.head_dim, Dv = p.value_dim;
+  const std::vector<acc_t> att = load_att<kScore, acc_t, scalar_t>(p);
+  const acc_t slope = static_cast<acc_t>(p.negative_slope);
+  const acc_t* grad_alpha = static_cast<const acc_t*>(b.grad_alpha);
   at::parallel_for(0, p.num_dst, 16, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> q_row(H * D), go_row(H * Dv), dq(H * D);
+    std::vector<acc_t> q_row(H * D), go_row(H * Dv), dq(H * D), datt(b.grad_att_rows != nullptr ? H * D : 0);
     for (int64_t i = begin; i < end; ++i) {
       load_row<acc_t, scalar_t>(q_row.data(), p.q, i, H, D);
       load_row<acc_t, scalar_t>(go_row.data(), b.grad_out, i, H, Dv);
@@ -185,6 +256,7 @@ void backward_targets(const BackwardParams& b, const Neighbours& nb) {
         if (b.grad_lse != nullptr) delta[h] -= static_cast<const acc_t*>(b.grad_lse)[i * H + h];
       }
       std::fill(dq.begin(), dq.end(), acc_t(0));
+      std::fill(datt.begin(), datt.end(), acc_t(0));
       const auto [first, last] = nb.range(i);
       for (int64_t e = first; e < last; ++e) {
         const int64_t j = nb.node(e), edge = nb.edge(e);
@@ -197,20 +269,36 @@ void backward_targets(const BackwardParams& b, const Neighbours& nb) {
             __builtin_prefetch(static_cast<acc_t*>(b.edge_probs) + nb.edge(e + kPrefetchAhead) * H * 2, 1);
         }
         for (int64_t h = 0; h < H; ++h) {
-          const acc_t prob = std::exp(score<acc_t, scalar_t>(p, q_row.data(), j, edge, h) - lse[h]);
-          const acc_t dp = dot(go_row.data() + h * Dv, row_ptr<scalar_t>(p.v, j, h), Dv);
-          const acc_t ds = prob * (dp - delta[h]);
-          axpy(dq.data() + h * D, ds, row_ptr<scalar_t>(p.k, j, h), D);
+          const scalar_t* k_jh = row_ptr<scalar_t>(p.k, j, h);
+          const acc_t prob = std::exp(score<kScore, acc_t, scalar_t>(p, q_row.data(), att.data(), j, edge, h) - lse[h]);
+          acc_t dp = dot(go_row.data() + h * Dv, row_ptr<scalar_t>(p.v, j, h), Dv);
+          if (grad_alpha != nullptr) dp += grad_alpha[edge * H + h];
+          const acc_t factor = dropout_factor<acc_t>(p.dropout, edge, h);
+          const acc_t ds = prob * (factor * dp - delta[h]);
+          if constexpr (kScore == kDotScore) {
+            axpy(dq.data() + h * D, ds, k_jh, D);
+          } else {
+            const acc_t* q_h = q_row.data() + h * D;
+            const acc_t* att_h = att.data() + h * D;
+            for (int64_t d = 0; d < D; ++d) {
+              const acc_t x = q_h[d] + static_cast<acc_t>(k_jh[d]);
+              dq[h * D + d] += ds * att_h[d] * leaky_relu_slope(x, slope);
+              if (!datt.empty()) datt[h * D + d] += ds * leaky_relu(x, slope);
+            }
+          }
           if (b.grad_bias != nullptr) static_cast<scalar_t*>(b.grad_bias)[edge * H + h] = static_cast<scalar_t>(ds);
           if (b.edge_probs != nullptr) {
             acc_t* slot = static_cast<acc_t*>(b.edge_probs) + (edge * H + h) * 2;
-            slot[0] = prob;
+            slot[0] = prob * factor;  // the weight after dropout, which dV needs
             slot[1] = ds;
           }
         }
       }
+      // The dot score's scale is applied once per row rather than once per edge.
+      const acc_t q_factor = kScore == kDotScore ? static_cast<acc_t>(p.scale) : acc_t(1);
       scalar_t* grad_q = static_cast<scalar_t*>(b.grad_q) + i * H * D;
-      for (int64_t d = 0; d < H * D; ++d) grad_q[d] = static_cast<scalar_t>(static_cast<acc_t>(p.scale) * dq[d]);
+      for (int64_t d = 0; d < H * D; ++d) grad_q[d] = static_cast<scalar_t>(q_factor * dq[d]);
+      if (!datt.empty()) std::copy(datt.begin(), datt.end(), static_cast<acc_t*>(b.grad_att_rows) + i * H * D);
     }
   });
 }
@@ -218,17 +306,20 @@ void backward_targets(const BackwardParams& b, const Neighbours& nb) {
 // Backward, pass 2, over source rows (the transposed CSR, or the same segment):
 // dV_j = sum p dO_i and dK_j = scale * sum ds q_i over the edges leaving j, with
 // (p, ds) read from pass 1's edge scratch when there is one, else recomputed.
-template <typename scalar_t, typename acc_t, typename Neighbours>
+template <typename scalar_t, typename acc_t, typename Neighbours, int kScore = kDotScore>
 void backward_sources(const BackwardParams& b, const Neighbours& nb) {
   const ForwardParams& p = b.fwd;
   const int64_t H = p.num_heads, D = p.head_dim, Dv = p.value_dim;
+  // Recomputing (p, ds) here is written for the plain dot score only (the segment pattern).
+  TORCH_CHECK(b.edge_probs != nullptr || (kScore == kDotScore && !p.dropout.enabled && b.grad_alpha == nullptr),
+              "graphattn: internal: the source pass of score kinds, dropout or alpha needs the edge scratch");
+  const std::vector<acc_t> att = load_att<kScore, acc_t, scalar_t>(p);
+  const acc_t slope = static_cast<acc_t>(p.negative_slope);
   at::parallel_for(0, p.num_src, 16, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> k_row(H * D), v_row(H * Dv), dk(H * D), dv(H * Dv);
     for (int64_t j = begin; j < end; ++j) {
-      if (b.edge_probs == nullptr) {  // only needed to recompute the scores
-        load_row<acc_t, scalar_t>(k_row.data(), p.k, j, H, D);
-        load_row<acc_t, scalar_t>(v_row.data(), p.v, j, H, Dv);
-      }
+      if (b.edge_probs == nullptr || kScore != kDotScore) load_row<acc_t, scalar_t>(k_row.data(), p.k, j, H, D);
+      if (b.edge_probs == nullptr) load_row<acc_t, scalar_t>(v_row.data(), p.v, j, H, Dv);
       std::fill(dk.begin(), dk.end(), acc_t(0));
       std::fill(dv.begin(), dv.end(), acc_t(0));
       const auto [first, last] = nb.range(j);
@@ -253,17 +344,25 @@ void backward_sources(const BackwardParams& b, const Neighbours& nb) {
             ds = stored[2 * h + 1];
           } else {
             const acc_t s = static_cast<acc_t>(p.scale) * dot(k_row.data() + h * D, q_i, D) +
-                            bias_at<acc_t, scalar_t>(p, edge, h);
+                            bias_at<acc_t, scalar_t>(p, edge, h);  // dot scores only (checked above)
             prob = std::exp(s - lse[h]);
             ds = prob * (dot(v_row.data() + h * Dv, go_i, Dv) - delta[h]);
           }
           axpy(dv.data() + h * Dv, prob, go_i, Dv);
-          axpy(dk.data() + h * D, ds, q_i, D);
+          if constexpr (kScore == kDotScore) {
+            axpy(dk.data() + h * D, ds, q_i, D);
+          } else {
+            const acc_t* k_h = k_row.data() + h * D;
+            const acc_t* att_h = att.data() + h * D;
+            for (int64_t d = 0; d < D; ++d)
+              dk[h * D + d] += ds * att_h[d] * leaky_relu_slope(static_cast<acc_t>(q_i[d]) + k_h[d], slope);
+          }
         }
       }
+      const acc_t k_factor = kScore == kDotScore ? static_cast<acc_t>(p.scale) : acc_t(1);
       scalar_t* grad_k = static_cast<scalar_t*>(b.grad_k) + j * H * D;
       scalar_t* grad_v = static_cast<scalar_t*>(b.grad_v) + j * H * Dv;
-      for (int64_t d = 0; d < H * D; ++d) grad_k[d] = static_cast<scalar_t>(static_cast<acc_t>(p.scale) * dk[d]);
+      for (int64_t d = 0; d < H * D; ++d) grad_k[d] = static_cast<scalar_t>(k_factor * dk[d]);
       for (int64_t d = 0; d < H * Dv; ++d) grad_v[d] = static_cast<scalar_t>(dv[d]);
     }
   });

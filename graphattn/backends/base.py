@@ -52,9 +52,8 @@ class Backend:
     supports_causal = True
     # Bitwise identical results run to run on the given device type.
     deterministic_on: tuple = ("cpu", "cuda")
-    # Score kinds, attention dropout and returning alpha: the fused kernels
-    # serve score="dot" without dropout or alpha (fused gat/gatv2/dropout
-    # kernels are not written yet); the reference backend serves them all.
+    # Score kinds, attention dropout and returning alpha (the sparse-path extras):
+    # a backend that declares them implements csr_scored_forward/backward.
     score_kinds: tuple = ("dot",)
     supports_dropout = False
     supports_return_attention = False
@@ -122,15 +121,27 @@ class Backend:
     def dense_backward(self, grad_out, grad_lse, q, k, v, out, lse, scale, causal):
         raise NotImplementedError(self.name)
 
+    def csr_scored_forward(self, q, k, v, rowptr, col, eid, bias, att, seed, score, scale, negative_slope,
+                           dropout_p, return_alpha, plan):
+        """-> (out, lse, alpha [E, H] in edge_index column order or None); see graphattn/scored_ops.py."""
+        raise NotImplementedError(self.name)
+
+    def csr_scored_backward(self, grad_out, grad_lse, grad_alpha, q, k, v, bias, att, seed, out, lse, rowptr, col,
+                            eid, colptr, row_t, eid_t, score, scale, negative_slope, dropout_p, need_dbias,
+                            need_datt, plan):
+        """-> (dq, dk, dv, dbias or None, datt or None); see graphattn/scored_ops.py."""
+        raise NotImplementedError(self.name)
+
     # ---- the differentiable entry point for score kinds / dropout / alpha ----
     def attention_extra(self, call: Call, q, k, v, graph, bias, scale: float, *, negative_slope: float, att,
-                        dropout_p: float, generator):
+                        dropout_p: float, seed):
         """-> (out, lse, alpha or None); differentiable. Only backends that declare the call's
-        score kind, dropout and return_attention support are given such a call."""
-        if call.score == "dot" and not call.dropout and not call.return_attention:
-            out, lse = self.attention(call, q, k, v, graph, bias, scale, False)
-            return out, lse, None
-        raise NotImplementedError(f"backend {self.name!r} does not implement score kinds, dropout or alpha")
+        score kind, dropout and return_attention support are given such a call. `seed`: the
+        dropout seed [2] (graphattn/dropout.py), or None without dropout."""
+        from .. import scored_ops
+
+        return scored_ops.attention_scored(self, call, q, k, v, graph, bias, scale, negative_slope=negative_slope,
+                                           att=att, dropout_p=dropout_p, seed=seed)
 
     # ---- the differentiable entry point attention() calls ----
     def attention(self, call: Call, q, k, v, graph, bias, scale: float, causal: bool):

@@ -26,6 +26,25 @@ class CompiledBackend(Backend):
         return torch.ops.graphattn.csr_attention_backward(
             grad_out, grad_lse, q, k, v, bias, out, lse, rowptr, col, eid, colptr, row_t, eid_t, scale, need_dbias)
 
+    def csr_scored_forward(self, q, k, v, rowptr, col, eid, bias, att, seed, score, scale, negative_slope,
+                           dropout_p, return_alpha, plan):
+        from ..scored_ops import SCORE_CODES
+
+        out, lse, alpha = torch.ops.graphattn.csr_scored_attention_forward(
+            q, k, v, rowptr, col, eid, bias, att, seed, SCORE_CODES[score], scale, negative_slope, dropout_p,
+            return_alpha)
+        return out, lse, alpha if return_alpha else None
+
+    def csr_scored_backward(self, grad_out, grad_lse, grad_alpha, q, k, v, bias, att, seed, out, lse, rowptr, col,
+                            eid, colptr, row_t, eid_t, score, scale, negative_slope, dropout_p, need_dbias,
+                            need_datt, plan):
+        from ..scored_ops import SCORE_CODES
+
+        dq, dk, dv, dbias, datt = torch.ops.graphattn.csr_scored_attention_backward(
+            grad_out, grad_lse, grad_alpha, q, k, v, bias, att, seed, out, lse, rowptr, col, eid, colptr, row_t,
+            eid_t, SCORE_CODES[score], scale, negative_slope, dropout_p, need_dbias, need_datt)
+        return dq, dk, dv, dbias if need_dbias else None, datt if need_datt else None
+
     def segment_forward(self, q, k, v, ptr, scale, plan):
         return torch.ops.graphattn.segment_attention_forward(q, k, v, ptr, scale)
 

@@ -9,6 +9,10 @@ class CpuBackend(CompiledBackend):
     devices = ("cpu",)
     patterns = ("csr", "segments")
     supports_causal = False
+    # csr only: the segment kernels take plain dot scores (attention() allows the extras on edge lists only).
+    score_kinds = ("dot", "gat", "gatv2")
+    supports_dropout = True
+    supports_return_attention = True
 
     def unavailable_reason(self, device_type):
         return extension_error()

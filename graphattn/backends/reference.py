@@ -3,7 +3,7 @@ any pattern, gradients by autograd. Slow and memory-hungry ([E, H, Dv] and
 [L, L] temporaries): auto picks it only when nothing else can serve."""
 from __future__ import annotations
 
-from .. import reference
+from .. import dropout, reference
 from .base import Backend, stats_dtype
 
 
@@ -17,15 +17,14 @@ class ReferenceBackend(Backend):
     supports_dropout = True
     supports_return_attention = True
 
-    def attention_extra(self, call, q, k, v, graph, bias, scale, *, negative_slope, att, dropout_p, generator):
-        """Score kinds, attention dropout and alpha on the edge list (csr pattern only)."""
+    def attention_extra(self, call, q, k, v, graph, bias, scale, *, negative_slope, att, dropout_p, seed):
+        """Score kinds, attention dropout and alpha on the edge list (csr pattern only), by autograd."""
         acc = stats_dtype(q.dtype)
         keep = None
         if dropout_p > 0:
-            # Drawn in edge_index column order (so a seed gives the same mask whatever the
-            # Graph's internal order), then taken into the target-sorted order.
-            keep = reference.dropout_keep_mask((graph.num_edges, q.shape[1]), dropout_p, generator,
-                                               q.device)[graph.eid]
+            # The kernels' mask (graphattn/dropout.py), in edge_index column order, taken
+            # into the target-sorted order.
+            keep = dropout.keep_mask(seed, graph.num_edges, q.shape[1], dropout_p)[graph.eid]
         edge_bias = None if bias is None else bias[graph.eid].to(acc)
         out, lse, alpha = reference.sparse_attention(
             q.to(acc), k.to(acc), v.to(acc), graph.col, graph.sorted_targets(), edge_bias, scale,

@@ -170,6 +170,22 @@ class Graph:
             "isolated": int((deg == 0).sum()),
         }
 
+    def is_complete(self) -> bool:
+        """Every (source, target) pair is an edge exactly once: the edge list of dense attention.
+        Checked once per graph (a sort of the E pairs) and cached."""
+        if self.kind != "csr":
+            return False
+
+        def check():
+            if self.num_edges == 0 or self.num_edges != self.num_src * self.num_dst:
+                return False
+            if bool((self.in_degree() != self.num_src).any()):
+                return False
+            pairs = self.sorted_targets() * self.num_src + self.col
+            return int(torch.unique(pairs).numel()) == self.num_edges
+
+        return self.cached("is_complete", check)
+
     def transposed(self) -> TransposedCSR:
         """Edges grouped by source, built on first use and cached (dK/dV need it)."""
         if self.kind != "csr":

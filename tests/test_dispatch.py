@@ -84,3 +84,40 @@ def test_info_cli_reports_versions_and_backends():
     assert "torch" in result.stdout and "graphattn" in result.stdout
     for name in BACKENDS:
         assert name in result.stdout
+
+
+def test_complete_graph_edge_list_takes_the_dense_path(monkeypatch):
+    """Every (source, target) pair once, in any column order: auto computes it densely, and the
+    result is the edge-list result (compared with the reference backend, which stays sparse)."""
+    n_src, n_dst, heads = 7, 5, 2
+    src = torch.arange(n_src).repeat(n_dst)
+    dst = torch.arange(n_dst).repeat_interleave(n_src)
+    perm = torch.randperm(src.numel(), generator=torch.Generator().manual_seed(0))
+    edge_index = torch.stack([src, dst])[:, perm]
+    graph = graphattn.Graph.from_edge_index(edge_index, num_nodes=(n_src, n_dst))
+    assert graph.is_complete()
+    q = torch.randn(n_dst, heads, 4, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(n_src, heads, 4, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(n_src, heads, 3, dtype=torch.float64, requires_grad=True)
+    patterns = []
+    choose = graphattn.dispatch.choose
+    monkeypatch.setattr(graphattn.dispatch, "choose", lambda call, backend="auto": (
+        patterns.append(call.pattern), choose(call, backend))[1])
+    out, lse = graphattn.attention(q, k, v, edge_index, return_lse=True)
+    assert patterns == ["dense"]
+    ref_out, ref_lse = graphattn.attention(q, k, v, edge_index, return_lse=True, backend="reference")
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(lse, ref_lse)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    ref_grads = torch.autograd.grad(ref_out.square().sum(), (q, k, v))
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b)
+    # not complete: one pair missing, or one duplicated in place of another
+    assert not graphattn.Graph.from_edge_index(edge_index[:, 1:], num_nodes=(n_src, n_dst)).is_complete()
+    dup = edge_index.clone()
+    dup[:, 0] = dup[:, 1]
+    assert not graphattn.Graph.from_edge_index(dup, num_nodes=(n_src, n_dst)).is_complete()
+    # with a bias the edge list stays sparse
+    patterns.clear()
+    graphattn.attention(q, k, v, edge_index, bias=torch.zeros(edge_index.shape[1], heads, dtype=torch.float64))
+    assert patterns == ["csr"]

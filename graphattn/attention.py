@@ -196,8 +196,8 @@ def attention(q, k, v, edge_index=None, *, bias=None, scale: Optional[float] = N
 
     # A complete graph given as an edge list is dense attention: the dense path computes it
     # without gathering rows edge by edge. On CPU, at N=4096 with every pair an edge, even SDPA
-    # with a boolean mask ran 6x (forward) / 8.6x (forward+backward) faster than the fused edge
-    # kernel (benchmarks/results/cpu-amd-epyc-2c.csv, scaling/density, density 1). Only for auto,
+    # with a boolean mask ran several times faster than the fused edge kernel, forward and
+    # backward (benchmarks/results/cpu-amd-epyc-2c.csv, scaling/density, density 1). Only for auto,
     # plain dot scores without bias, and outside torch.compile (the check reads the edges).
     plain = score == "dot" and dropout_p == 0 and not return_attention
     to_dense = (pattern == "csr" and backend == "auto" and plain and bias is None

@@ -1,8 +1,10 @@
 """Triton kernels for edge-softmax attention over a target-sorted CSR.
 
 Layout of this file: schedule (``build_csr_plan``) -> @triton.jit kernels ->
-launch heuristics -> the two public launchers ``csr_attention_forward`` and
-``csr_attention_backward``.
+launch heuristics -> the public launchers ``csr_attention_forward`` /
+``csr_attention_backward`` (dot-product score) and
+``csr_scored_attention_forward`` / ``csr_scored_attention_backward`` (the
+sparse-path extras below).
 
 Semantics (see shared/API.md): for target ``i`` and its incoming edges
 ``p in [rowptr[i], rowptr[i+1])`` with source ``j = col[p]``,
@@ -12,6 +14,22 @@ Semantics (see shared/API.md): for target ``i`` and its incoming edges
     lse[i,h] = log(sum_p exp(s_p,h))        (float32, natural log)
 
 A target without edges gets ``out = 0`` and ``lse = -inf`` (never NaN).
+
+The sparse-path extras (graphattn/scored_ops.py has the backward formulas)
+reuse the same kernels behind constexpr switches, so the dot path compiles to
+the code it always had:
+
+* ``SCORE`` 1, the additive score of GAT / GATv2:
+  ``s = sum_d att[h,d] * LeakyReLU(q[i,h,d] + k[j,h,d]) + bias`` (GAT passes
+  D = 1 and att = 1). ``q_i + k_j`` is formed per edge block in registers,
+  never stored; ``datt`` is summed per target row (and per hub chunk) into a
+  float32 ``[N_dst + num_slots, H, D]`` buffer reduced by torch afterwards.
+* ``DROPOUT``: the keep bit of (edge_index column, head) is the hash of
+  kernels/dropout_hash.py, regenerated in the forward and in both backward
+  passes; ``lse`` stays that of the scores before dropout.
+* ``HAS_GRAD_ALPHA``: the gradient of the returned weights enters ``ds``.
+  The weights themselves come from a separate pass over the same work items
+  once the final ``lse`` is known (``_csr_alpha_kernel``).
 
 Work decomposition
 ------------------
@@ -36,8 +54,8 @@ Work decomposition
   Every output row is written by exactly one program (or merged from its
   chunks in a fixed order): deterministic, no atomics.
 
-No ``[E, H, D]`` tensor is ever allocated. The only ``[E, H]`` tensor is
-``dbias`` itself, when it is asked for.
+No ``[E, H, D]`` tensor is ever allocated. The only ``[E, H]`` tensors are
+``dbias`` and ``alpha`` themselves, when they are asked for.
 """
 import contextlib
 
@@ -45,10 +63,16 @@ import torch
 import triton
 import triton.language as tl
 
+from graphattn import dropout as _dropout
+
+from .dropout_hash import dropout_keep
+
 __all__ = [
     "build_csr_plan",
     "csr_attention_forward",
     "csr_attention_backward",
+    "csr_scored_attention_forward",
+    "csr_scored_attention_backward",
     "DEGREE_CLASSES",
     "HUB_CHUNK",
 ]
@@ -203,11 +227,51 @@ def _plan_items(plan, prefix, n_rows, what):
 # with numpy >= 2.4 (triton-lang/triton#9171: `int()` of a 1-element array).
 # The loop bodies are shared @triton.jit helpers, so both forms run the same code.
 @triton.jit
+def _scores(row, tile, att, slope, SCORE: tl.constexpr):
+    """[BLOCK_E, HB] scores of one row [HB, D_PAD] against a gathered tile [BLOCK_E, HB, D_PAD].
+
+    SCORE 0: <row, tile> (the caller has put the scale into one of them).
+    SCORE 1: sum_d att * LeakyReLU(row + tile); symmetric in row and tile, so the
+    dK/dV pass (row = k_j, tile = the q_i of its edges) uses it as it is. Padded
+    d lanes carry att = 0, so they add nothing.
+    """
+    if SCORE == 0:
+        s = tl.sum(tile * row[None, :, :], axis=2)
+    else:
+        x = tile + row[None, :, :]
+        s = tl.sum(tl.where(x > 0, x, x * slope) * att[None, :, :], axis=2)
+    return s
+
+
+@triton.jit
+def _load_att(att_ptr, offs_h, offs_d, D, mask_hd, HB: tl.constexpr, D_PAD: tl.constexpr, SCORE: tl.constexpr):
+    """att [H, D] (float32, contiguous) of this program's heads; an unused placeholder for SCORE 0."""
+    if SCORE == 1:
+        att = tl.load(att_ptr + offs_h[:, None] * D + offs_d[None, :], mask=mask_hd, other=0.0)
+    else:
+        att = tl.zeros([HB, D_PAD], tl.float32)
+    return att
+
+
+@triton.jit
+def _load_seed(seed_ptr, DROPOUT: tl.constexpr):
+    """The two uint32 words of the dropout seed (int64 [2] in memory), loaded on the device so that
+    launching never waits for the host; placeholders without dropout."""
+    if DROPOUT:
+        seed0 = tl.load(seed_ptr).to(tl.uint32)
+        seed1 = tl.load(seed_ptr + 1).to(tl.uint32)
+    else:
+        seed0 = 0
+        seed1 = 0
+    return seed0, seed1
+
+
+@triton.jit
 def _fwd_edge_block(
-    e, e_end, m_i, l_i, acc, q, k_ptr, v_ptr, bias_ptr, col_ptr, eid_ptr,
+    e, e_end, m_i, l_i, acc, q, att, k_ptr, v_ptr, bias_ptr, col_ptr, eid_ptr,
     offs_e, offs_h, k_off, v_off, mask_h, mask_hd, mask_hdv,
-    stride_kn, stride_vn, stride_be, stride_bh,
-    HAS_BIAS: tl.constexpr,
+    stride_kn, stride_vn, stride_be, stride_bh, slope, seed0, seed1, drop_threshold,
+    HAS_BIAS: tl.constexpr, SCORE: tl.constexpr, DROPOUT: tl.constexpr,
 ):
     """One block of BLOCK_E edges of the online softmax (q already holds the scale)."""
     pe = e + offs_e
@@ -215,9 +279,10 @@ def _fwd_edge_block(
     j = tl.load(col_ptr + pe, mask=me, other=0)
     kt = tl.load(k_ptr + j[:, None, None] * stride_kn + k_off,
                  mask=me[:, None, None] & mask_hd[None, :, :], other=0.0).to(tl.float32)
-    s = tl.sum(kt * q[None, :, :], axis=2)  # [BLOCK_E, HB]
-    if HAS_BIAS:
+    s = _scores(q, kt, att, slope, SCORE)  # [BLOCK_E, HB]
+    if HAS_BIAS or DROPOUT:
         ei = tl.load(eid_ptr + pe, mask=me, other=0)
+    if HAS_BIAS:
         b = tl.load(bias_ptr + ei[:, None] * stride_be + offs_h[None, :] * stride_bh,
                     mask=me[:, None] & mask_h[None, :], other=0.0)
         s += b.to(tl.float32)
@@ -227,7 +292,9 @@ def _fwd_edge_block(
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp(m_i - m_safe)
     p = tl.exp(s - m_safe[None, :])
-    l_i = l_i * alpha + tl.sum(p, axis=0)
+    l_i = l_i * alpha + tl.sum(p, axis=0)  # the softmax denominator: before dropout
+    if DROPOUT:  # dropped weights leave the numerator only; the 1/(1-p) factor is applied once at the end
+        p = tl.where(dropout_keep(seed0, seed1, drop_threshold, ei[:, None], offs_h[None, :]), p, 0.0)
     vt = tl.load(v_ptr + j[:, None, None] * stride_vn + v_off,
                  mask=me[:, None, None] & mask_hdv[None, :, :], other=0.0).to(tl.float32)
     acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * vt, axis=0)
@@ -240,9 +307,10 @@ def _csr_fwd_kernel(
     col_ptr, eid_ptr, items_ptr, n_items,
     H, D, DV,
     stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_be, stride_bh,
-    scale,
+    scale, att_ptr, seed_ptr, slope, drop_threshold, keep_scale,
     HAS_BIAS: tl.constexpr, HB: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_E: tl.constexpr, ITEMS_PER_PROG: tl.constexpr, LOOP_WHILE: tl.constexpr,
+    SCORE: tl.constexpr, DROPOUT: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offs_h = tl.program_id(1) * HB + tl.arange(0, HB)
@@ -255,6 +323,8 @@ def _csr_fwd_kernel(
     k_off = offs_h[None, :, None] * stride_kh + offs_d[None, None, :]
     v_off = offs_h[None, :, None] * stride_vh + offs_dv[None, None, :]
     o_off = offs_h[:, None] * DV + offs_dv[None, :]
+    att = _load_att(att_ptr, offs_h, offs_d, D, mask_hd, HB, D_PAD, SCORE)
+    seed0, seed1 = _load_seed(seed_ptr, DROPOUT)
 
     for it in range(ITEMS_PER_PROG):
         w = pid * ITEMS_PER_PROG + it
@@ -272,26 +342,108 @@ def _csr_fwd_kernel(
                 e = e_begin
                 while e < e_end:
                     m_i, l_i, acc = _fwd_edge_block(
-                        e, e_end, m_i, l_i, acc, q, k_ptr, v_ptr, bias_ptr, col_ptr, eid_ptr,
+                        e, e_end, m_i, l_i, acc, q, att, k_ptr, v_ptr, bias_ptr, col_ptr, eid_ptr,
                         offs_e, offs_h, k_off, v_off, mask_h, mask_hd, mask_hdv,
-                        stride_kn, stride_vn, stride_be, stride_bh, HAS_BIAS)
+                        stride_kn, stride_vn, stride_be, stride_bh, slope, seed0, seed1, drop_threshold,
+                        HAS_BIAS, SCORE, DROPOUT)
                     e += BLOCK_E
             else:
                 for e in range(e_begin, e_end, BLOCK_E):
                     m_i, l_i, acc = _fwd_edge_block(
-                        e, e_end, m_i, l_i, acc, q, k_ptr, v_ptr, bias_ptr, col_ptr, eid_ptr,
+                        e, e_end, m_i, l_i, acc, q, att, k_ptr, v_ptr, bias_ptr, col_ptr, eid_ptr,
                         offs_e, offs_h, k_off, v_off, mask_h, mask_hd, mask_hdv,
-                        stride_kn, stride_vn, stride_be, stride_bh, HAS_BIAS)
+                        stride_kn, stride_vn, stride_be, stride_bh, slope, seed0, seed1, drop_threshold,
+                        HAS_BIAS, SCORE, DROPOUT)
             nonempty = l_i > 0.0
             l_safe = tl.where(nonempty, l_i, 1.0)
-            o = acc / l_safe[:, None]
+            if DROPOUT:
+                o = acc * (keep_scale / l_safe)[:, None]
+            else:
+                o = acc / l_safe[:, None]
             lse = tl.where(nonempty, m_i + tl.log(l_safe), float("-inf"))
             if slot < 0:
                 tl.store(out_ptr + row * (H * DV) + o_off, o.to(out_ptr.dtype.element_ty), mask=mask_hdv)
                 tl.store(lse_ptr + row * H + offs_h, lse, mask=mask_h)
             else:
+                # A hub chunk's partial, normalised by its own denominator (and already scaled
+                # by 1/(1-p)): the lse merge below is linear in it, so dropout needs nothing more.
                 tl.store(part_out_ptr + slot * (H * DV) + o_off, o, mask=mask_hdv)
                 tl.store(part_lse_ptr + slot * H + offs_h, lse, mask=mask_h)
+
+
+@triton.jit
+def _alpha_edge_block(
+    e, e_end, q, att, lse, k_ptr, bias_ptr, alpha_ptr, col_ptr, eid_ptr,
+    offs_e, offs_h, k_off, mask_h, mask_hd,
+    H, stride_kn, stride_be, stride_bh, slope, seed0, seed1, drop_threshold, keep_scale,
+    HAS_BIAS: tl.constexpr, SCORE: tl.constexpr, DROPOUT: tl.constexpr,
+):
+    """alpha[eid, h] = c * m * exp(s - lse) for one block of a target's edges."""
+    pe = e + offs_e
+    me = pe < e_end
+    valid = me[:, None] & mask_h[None, :]
+    j = tl.load(col_ptr + pe, mask=me, other=0)
+    kt = tl.load(k_ptr + j[:, None, None] * stride_kn + k_off,
+                 mask=me[:, None, None] & mask_hd[None, :, :], other=0.0).to(tl.float32)
+    s = _scores(q, kt, att, slope, SCORE)
+    ei = tl.load(eid_ptr + pe, mask=me, other=0)
+    if HAS_BIAS:
+        b = tl.load(bias_ptr + ei[:, None] * stride_be + offs_h[None, :] * stride_bh, mask=valid, other=0.0)
+        s += b.to(tl.float32)
+    p = tl.exp(tl.where(valid, s - lse[None, :], float("-inf")))
+    if DROPOUT:
+        p = tl.where(dropout_keep(seed0, seed1, drop_threshold, ei[:, None], offs_h[None, :]), p * keep_scale, 0.0)
+    tl.store(alpha_ptr + ei[:, None] * H + offs_h[None, :], p.to(alpha_ptr.dtype.element_ty), mask=valid)
+
+
+@triton.jit
+def _csr_alpha_kernel(
+    q_ptr, k_ptr, bias_ptr, lse_ptr, alpha_ptr, col_ptr, eid_ptr, items_ptr, n_items,
+    H, D,
+    stride_qn, stride_qh, stride_kn, stride_kh, stride_be, stride_bh,
+    scale, att_ptr, seed_ptr, slope, drop_threshold, keep_scale,
+    HAS_BIAS: tl.constexpr, HB: tl.constexpr, D_PAD: tl.constexpr,
+    BLOCK_E: tl.constexpr, ITEMS_PER_PROG: tl.constexpr, LOOP_WHILE: tl.constexpr,
+    SCORE: tl.constexpr, DROPOUT: tl.constexpr,
+):
+    """The attention weights in edge_index column order, from the final lse: a second pass over the
+    forward's work items (hub chunks included), each edge written by exactly one program."""
+    pid = tl.program_id(0)
+    offs_h = tl.program_id(1) * HB + tl.arange(0, HB)
+    offs_d = tl.arange(0, D_PAD)
+    offs_e = tl.arange(0, BLOCK_E)
+    mask_h = offs_h < H
+    mask_hd = mask_h[:, None] & (offs_d[None, :] < D)
+    k_off = offs_h[None, :, None] * stride_kh + offs_d[None, None, :]
+    att = _load_att(att_ptr, offs_h, offs_d, D, mask_hd, HB, D_PAD, SCORE)
+    seed0, seed1 = _load_seed(seed_ptr, DROPOUT)
+
+    for it in range(ITEMS_PER_PROG):
+        w = pid * ITEMS_PER_PROG + it
+        if w < n_items:
+            row = tl.load(items_ptr + w * 4)
+            e_begin = tl.load(items_ptr + w * 4 + 1)
+            e_end = tl.load(items_ptr + w * 4 + 2)
+            q = tl.load(q_ptr + row * stride_qn + offs_h[:, None] * stride_qh + offs_d[None, :],
+                        mask=mask_hd, other=0.0).to(tl.float32) * scale
+            lse = tl.load(lse_ptr + row * H + offs_h, mask=mask_h, other=0.0)
+            lse = tl.where(lse == float("-inf"), 0.0, lse)  # every score -inf: p = 0, not NaN
+            if LOOP_WHILE:
+                e = e_begin
+                while e < e_end:
+                    _alpha_edge_block(
+                        e, e_end, q, att, lse, k_ptr, bias_ptr, alpha_ptr, col_ptr, eid_ptr,
+                        offs_e, offs_h, k_off, mask_h, mask_hd,
+                        H, stride_kn, stride_be, stride_bh, slope, seed0, seed1, drop_threshold, keep_scale,
+                        HAS_BIAS, SCORE, DROPOUT)
+                    e += BLOCK_E
+            else:
+                for e in range(e_begin, e_end, BLOCK_E):
+                    _alpha_edge_block(
+                        e, e_end, q, att, lse, k_ptr, bias_ptr, alpha_ptr, col_ptr, eid_ptr,
+                        offs_e, offs_h, k_off, mask_h, mask_hd,
+                        H, stride_kn, stride_be, stride_bh, slope, seed0, seed1, drop_threshold, keep_scale,
+                        HAS_BIAS, SCORE, DROPOUT)
 
 
 @triton.jit
@@ -370,20 +522,39 @@ def _bwd_delta_kernel(
 
 
 @triton.jit
+def _edge_grad_terms(dp, p, delta, galpha_ptr, ei, offs_h, valid, H, seed0, seed1, drop_threshold, keep_scale,
+                     DROPOUT: tl.constexpr, HAS_GRAD_ALPHA: tl.constexpr):
+    """(ds, the edges' weight in dV without the 1/(1-p) factor) from dp = <dO_i, v_j>:
+    ds = p (c m (dp + g) - Delta), see graphattn/scored_ops.py."""
+    if HAS_GRAD_ALPHA:
+        dp += tl.load(galpha_ptr + ei[:, None] * H + offs_h[None, :], mask=valid, other=0.0)
+    if DROPOUT:
+        keep = dropout_keep(seed0, seed1, drop_threshold, ei[:, None], offs_h[None, :])
+        dp = tl.where(keep, dp * keep_scale, 0.0)
+        p_kept = tl.where(keep, p, 0.0)
+    else:
+        p_kept = p
+    return p * (dp - delta), p_kept
+
+
+@triton.jit
 def _dq_edge_block(
-    e, e_end, acc, q, do, lse, delta, k_ptr, v_ptr, bias_ptr, dbias_ptr, col_ptr, eid_ptr,
+    e, e_end, acc, acc_att, q, att, do, lse, delta, k_ptr, v_ptr, bias_ptr, dbias_ptr, galpha_ptr, col_ptr, eid_ptr,
     offs_e, offs_h, k_off, v_off, mask_h, mask_hd, mask_hdv,
-    H, stride_kn, stride_vn, stride_be, stride_bh,
+    H, stride_kn, stride_vn, stride_be, stride_bh, slope, seed0, seed1, drop_threshold, keep_scale,
     HAS_BIAS: tl.constexpr, NEED_DBIAS: tl.constexpr, NEED_EID: tl.constexpr,
+    SCORE: tl.constexpr, DROPOUT: tl.constexpr, HAS_GRAD_ALPHA: tl.constexpr, NEED_DATT: tl.constexpr,
 ):
-    """One block of a target row's edges: acc += ds @ k; dbias[eid] = ds."""
+    """One block of a target row's edges: acc += ds_e * (d s_e / d q_i) without its constant factor
+    (scale for dot, att for additive: applied once per row); acc_att += ds_e * LeakyReLU(q_i + k_j);
+    dbias[eid] = ds_e."""
     pe = e + offs_e
     me = pe < e_end
     valid = me[:, None] & mask_h[None, :]
     j = tl.load(col_ptr + pe, mask=me, other=0)
     kt = tl.load(k_ptr + j[:, None, None] * stride_kn + k_off,
                  mask=me[:, None, None] & mask_hd[None, :, :], other=0.0).to(tl.float32)
-    s = tl.sum(kt * q[None, :, :], axis=2)  # [BLOCK_E, HB]
+    s = _scores(q, kt, att, slope, SCORE)  # [BLOCK_E, HB]
     if NEED_EID:
         ei = tl.load(eid_ptr + pe, mask=me, other=0)
     if HAS_BIAS:
@@ -394,11 +565,23 @@ def _dq_edge_block(
     vt = tl.load(v_ptr + j[:, None, None] * stride_vn + v_off,
                  mask=me[:, None, None] & mask_hdv[None, :, :], other=0.0).to(tl.float32)
     dp = tl.sum(vt * do[None, :, :], axis=2)
-    ds = p * (dp - delta[None, :])
-    acc += tl.sum(ds[:, :, None] * kt, axis=0)
+    if DROPOUT or HAS_GRAD_ALPHA:
+        ds, _ = _edge_grad_terms(dp, p, delta[None, :], galpha_ptr, ei, offs_h, valid, H, seed0, seed1,
+                                 drop_threshold, keep_scale, DROPOUT, HAS_GRAD_ALPHA)
+    else:
+        ds = p * (dp - delta[None, :])
+    if SCORE == 0:
+        acc += tl.sum(ds[:, :, None] * kt, axis=0)
+    else:
+        # d s / d q[h, d] = att[h, d] * LeakyReLU'(x) with x = q + k (att is applied once, at the end);
+        # d s / d att[h, d] = LeakyReLU(x).
+        x = kt + q[None, :, :]
+        acc += tl.sum(ds[:, :, None] * tl.where(x > 0, 1.0, slope), axis=0)
+        if NEED_DATT:
+            acc_att += tl.sum(ds[:, :, None] * tl.where(x > 0, x, x * slope), axis=0)
     if NEED_DBIAS:
         tl.store(dbias_ptr + ei[:, None] * H + offs_h[None, :], ds.to(dbias_ptr.dtype.element_ty), mask=valid)
-    return acc
+    return acc, acc_att
 
 
 @triton.jit
@@ -408,9 +591,10 @@ def _csr_bwd_dq_kernel(
     H, D, DV,
     stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_be, stride_bh,
     stride_don, stride_doh,
-    scale,
+    scale, att_ptr, seed_ptr, galpha_ptr, datt_part_ptr, n_rows, slope, drop_threshold, keep_scale,
     HAS_BIAS: tl.constexpr, NEED_DBIAS: tl.constexpr, NEED_EID: tl.constexpr, HB: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_E: tl.constexpr, ITEMS_PER_PROG: tl.constexpr, LOOP_WHILE: tl.constexpr,
+    SCORE: tl.constexpr, DROPOUT: tl.constexpr, HAS_GRAD_ALPHA: tl.constexpr, NEED_DATT: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offs_h = tl.program_id(1) * HB + tl.arange(0, HB)
@@ -423,6 +607,8 @@ def _csr_bwd_dq_kernel(
     k_off = offs_h[None, :, None] * stride_kh + offs_d[None, None, :]
     v_off = offs_h[None, :, None] * stride_vh + offs_dv[None, None, :]
     dq_off = offs_h[:, None] * D + offs_d[None, :]
+    att = _load_att(att_ptr, offs_h, offs_d, D, mask_hd, HB, D_PAD, SCORE)
+    seed0, seed1 = _load_seed(seed_ptr, DROPOUT)
 
     for it in range(ITEMS_PER_PROG):
         w = pid * ITEMS_PER_PROG + it
@@ -439,44 +625,58 @@ def _csr_bwd_dq_kernel(
             lse = tl.where(lse == float("-inf"), 0.0, lse)
             delta = tl.load(delta_ptr + row * H + offs_h, mask=mask_h, other=0.0)
             acc = tl.zeros([HB, D_PAD], tl.float32)
+            acc_att = tl.zeros([HB, D_PAD], tl.float32)
             if LOOP_WHILE:
                 e = e_begin
                 while e < e_end:
-                    acc = _dq_edge_block(
-                        e, e_end, acc, q, do, lse, delta, k_ptr, v_ptr, bias_ptr, dbias_ptr, col_ptr, eid_ptr,
-                        offs_e, offs_h, k_off, v_off, mask_h, mask_hd, mask_hdv,
-                        H, stride_kn, stride_vn, stride_be, stride_bh, HAS_BIAS, NEED_DBIAS, NEED_EID)
+                    acc, acc_att = _dq_edge_block(
+                        e, e_end, acc, acc_att, q, att, do, lse, delta, k_ptr, v_ptr, bias_ptr, dbias_ptr,
+                        galpha_ptr, col_ptr, eid_ptr, offs_e, offs_h, k_off, v_off, mask_h, mask_hd, mask_hdv,
+                        H, stride_kn, stride_vn, stride_be, stride_bh, slope, seed0, seed1, drop_threshold,
+                        keep_scale, HAS_BIAS, NEED_DBIAS, NEED_EID, SCORE, DROPOUT, HAS_GRAD_ALPHA, NEED_DATT)
                     e += BLOCK_E
             else:
                 for e in range(e_begin, e_end, BLOCK_E):
-                    acc = _dq_edge_block(
-                        e, e_end, acc, q, do, lse, delta, k_ptr, v_ptr, bias_ptr, dbias_ptr, col_ptr, eid_ptr,
-                        offs_e, offs_h, k_off, v_off, mask_h, mask_hd, mask_hdv,
-                        H, stride_kn, stride_vn, stride_be, stride_bh, HAS_BIAS, NEED_DBIAS, NEED_EID)
-            acc = acc * scale
+                    acc, acc_att = _dq_edge_block(
+                        e, e_end, acc, acc_att, q, att, do, lse, delta, k_ptr, v_ptr, bias_ptr, dbias_ptr,
+                        galpha_ptr, col_ptr, eid_ptr, offs_e, offs_h, k_off, v_off, mask_h, mask_hd, mask_hdv,
+                        H, stride_kn, stride_vn, stride_be, stride_bh, slope, seed0, seed1, drop_threshold,
+                        keep_scale, HAS_BIAS, NEED_DBIAS, NEED_EID, SCORE, DROPOUT, HAS_GRAD_ALPHA, NEED_DATT)
+            if SCORE == 0:
+                acc = acc * scale
+            else:
+                acc = acc * att
             if slot < 0:
                 tl.store(dq_ptr + row * (H * D) + dq_off, acc.to(dq_ptr.dtype.element_ty), mask=mask_hd)
             else:
                 tl.store(part_ptr + slot * (H * D) + dq_off, acc, mask=mask_hd)
+            if NEED_DATT:
+                # One partial per whole row (at its row) or per hub chunk (after the n_rows rows),
+                # summed on the host in a fixed order: deterministic without atomics.
+                prow = tl.where(slot < 0, row, n_rows + slot)
+                tl.store(datt_part_ptr + prow * (H * D) + dq_off, acc_att, mask=mask_hd)
 
 
 @triton.jit
 def _dkdv_edge_block(
-    t, t_end, acc_k, acc_v, kj, vj, q_ptr, do_ptr, lse_ptr, delta_ptr, bias_ptr, row_ptr, eid_ptr,
+    t, t_end, acc_k, acc_v, kj, vj, att, q_ptr, do_ptr, lse_ptr, delta_ptr, bias_ptr, galpha_ptr, row_ptr, eid_ptr,
     offs_e, offs_h, q_off, do_off, mask_h, mask_hd, mask_hdv,
-    H, stride_qn, stride_don, stride_be, stride_bh,
-    HAS_BIAS: tl.constexpr,
+    H, stride_qn, stride_don, stride_be, stride_bh, slope, seed0, seed1, drop_threshold, keep_scale,
+    HAS_BIAS: tl.constexpr, NEED_EID: tl.constexpr, SCORE: tl.constexpr, DROPOUT: tl.constexpr,
+    HAS_GRAD_ALPHA: tl.constexpr,
 ):
-    """One block of a source row's outgoing edges: acc_v += p @ dO, acc_k += ds @ q."""
+    """One block of a source row's outgoing edges: acc_v += m_e p_e dO_i (the 1/(1-p) factor is applied
+    once per row), acc_k += ds_e * (d s_e / d k_j) without its constant factor (scale or att)."""
     pt = t + offs_e
     mt = pt < t_end
     valid = mt[:, None] & mask_h[None, :]
     i = tl.load(row_ptr + pt, mask=mt, other=0)
     qt = tl.load(q_ptr + i[:, None, None] * stride_qn + q_off,
                  mask=mt[:, None, None] & mask_hd[None, :, :], other=0.0).to(tl.float32)
-    s = tl.sum(qt * kj[None, :, :], axis=2)  # [BLOCK_E, HB]
-    if HAS_BIAS:
+    s = _scores(kj, qt, att, slope, SCORE)  # [BLOCK_E, HB]
+    if NEED_EID:
         ei = tl.load(eid_ptr + pt, mask=mt, other=0)
+    if HAS_BIAS:
         b = tl.load(bias_ptr + ei[:, None] * stride_be + offs_h[None, :] * stride_bh, mask=valid, other=0.0)
         s += b.to(tl.float32)
     lse = tl.load(lse_ptr + i[:, None] * H + offs_h[None, :], mask=valid, other=0.0)
@@ -485,10 +685,20 @@ def _dkdv_edge_block(
     p = tl.exp(tl.where(valid, s - lse, float("-inf")))
     dot = tl.load(do_ptr + i[:, None, None] * stride_don + do_off,
                   mask=mt[:, None, None] & mask_hdv[None, :, :], other=0.0).to(tl.float32)
-    acc_v += tl.sum(p[:, :, None] * dot, axis=0)
-    dp = tl.sum(dot * vj[None, :, :], axis=2)
-    ds = p * (dp - delta)
-    acc_k += tl.sum(ds[:, :, None] * qt, axis=0)
+    if DROPOUT or HAS_GRAD_ALPHA:
+        dp = tl.sum(dot * vj[None, :, :], axis=2)
+        ds, p_kept = _edge_grad_terms(dp, p, delta, galpha_ptr, ei, offs_h, valid, H, seed0, seed1,
+                                      drop_threshold, keep_scale, DROPOUT, HAS_GRAD_ALPHA)
+        acc_v += tl.sum(p_kept[:, :, None] * dot, axis=0)
+    else:
+        acc_v += tl.sum(p[:, :, None] * dot, axis=0)
+        dp = tl.sum(dot * vj[None, :, :], axis=2)
+        ds = p * (dp - delta)
+    if SCORE == 0:
+        acc_k += tl.sum(ds[:, :, None] * qt, axis=0)
+    else:
+        x = qt + kj[None, :, :]
+        acc_k += tl.sum(ds[:, :, None] * tl.where(x > 0, 1.0, slope), axis=0)
     return acc_k, acc_v
 
 
@@ -499,9 +709,10 @@ def _csr_bwd_dkdv_kernel(
     H, D, DV,
     stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_be, stride_bh,
     stride_don, stride_doh,
-    scale,
+    scale, att_ptr, seed_ptr, galpha_ptr, slope, drop_threshold, keep_scale,
     HAS_BIAS: tl.constexpr, HB: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_E: tl.constexpr, ITEMS_PER_PROG: tl.constexpr, LOOP_WHILE: tl.constexpr,
+    NEED_EID: tl.constexpr, SCORE: tl.constexpr, DROPOUT: tl.constexpr, HAS_GRAD_ALPHA: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offs_h = tl.program_id(1) * HB + tl.arange(0, HB)
@@ -515,6 +726,8 @@ def _csr_bwd_dkdv_kernel(
     do_off = offs_h[None, :, None] * stride_doh + offs_dv[None, None, :]
     dk_off = offs_h[:, None] * D + offs_d[None, :]
     dv_off = offs_h[:, None] * DV + offs_dv[None, :]
+    att = _load_att(att_ptr, offs_h, offs_d, D, mask_hd, HB, D_PAD, SCORE)
+    seed0, seed1 = _load_seed(seed_ptr, DROPOUT)
 
     for it in range(ITEMS_PER_PROG):
         w = pid * ITEMS_PER_PROG + it
@@ -533,17 +746,24 @@ def _csr_bwd_dkdv_kernel(
                 t = t_begin
                 while t < t_end:
                     acc_k, acc_v = _dkdv_edge_block(
-                        t, t_end, acc_k, acc_v, kj, vj, q_ptr, do_ptr, lse_ptr, delta_ptr, bias_ptr,
-                        row_ptr, eid_ptr, offs_e, offs_h, q_off, do_off, mask_h, mask_hd, mask_hdv,
-                        H, stride_qn, stride_don, stride_be, stride_bh, HAS_BIAS)
+                        t, t_end, acc_k, acc_v, kj, vj, att, q_ptr, do_ptr, lse_ptr, delta_ptr, bias_ptr,
+                        galpha_ptr, row_ptr, eid_ptr, offs_e, offs_h, q_off, do_off, mask_h, mask_hd, mask_hdv,
+                        H, stride_qn, stride_don, stride_be, stride_bh, slope, seed0, seed1, drop_threshold,
+                        keep_scale, HAS_BIAS, NEED_EID, SCORE, DROPOUT, HAS_GRAD_ALPHA)
                     t += BLOCK_E
             else:
                 for t in range(t_begin, t_end, BLOCK_E):
                     acc_k, acc_v = _dkdv_edge_block(
-                        t, t_end, acc_k, acc_v, kj, vj, q_ptr, do_ptr, lse_ptr, delta_ptr, bias_ptr,
-                        row_ptr, eid_ptr, offs_e, offs_h, q_off, do_off, mask_h, mask_hd, mask_hdv,
-                        H, stride_qn, stride_don, stride_be, stride_bh, HAS_BIAS)
-            acc_k = acc_k * scale
+                        t, t_end, acc_k, acc_v, kj, vj, att, q_ptr, do_ptr, lse_ptr, delta_ptr, bias_ptr,
+                        galpha_ptr, row_ptr, eid_ptr, offs_e, offs_h, q_off, do_off, mask_h, mask_hd, mask_hdv,
+                        H, stride_qn, stride_don, stride_be, stride_bh, slope, seed0, seed1, drop_threshold,
+                        keep_scale, HAS_BIAS, NEED_EID, SCORE, DROPOUT, HAS_GRAD_ALPHA)
+            if SCORE == 0:
+                acc_k = acc_k * scale
+            else:
+                acc_k = acc_k * att
+            if DROPOUT:
+                acc_v = acc_v * keep_scale
             if slot < 0:
                 tl.store(dk_ptr + src * (H * D) + dk_off, acc_k.to(dk_ptr.dtype.element_ty), mask=mask_hd)
                 tl.store(dv_ptr + src * (H * DV) + dv_off, acc_v.to(dv_ptr.dtype.element_ty), mask=mask_hdv)
@@ -652,6 +872,61 @@ def _on_device(t):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
+class _Extras:
+    """The score kind and dropout of one call, as the kernels take them (see the module docstring).
+
+    ``code`` is the SCORE constexpr (0 dot, 1 additive); ``att`` float32 [H, D]
+    contiguous for the additive score (ones for GAT); ``seed`` int64 [2] or None
+    without dropout; ``threshold`` / ``keep_scale`` from graphattn/dropout.py.
+    """
+
+    def __init__(self, code=0, att=None, seed=None, slope=0.0, dropout_p=0.0):
+        self.code, self.att, self.seed, self.slope = code, att, seed, float(slope)
+        self.dropout = seed is not None
+        self.threshold = _dropout.threshold(dropout_p) if self.dropout else 0
+        self.keep_scale = _dropout.keep_scale(dropout_p) if self.dropout else 1.0
+
+    def scale(self, scale):
+        """The additive scores have no scale: the kernels multiply q (or k) by 1."""
+        return float(scale) if self.code == 0 else 1.0
+
+    def kernel_args(self, dummy, idx_dummy):
+        """(att, seed) pointers for the kernels; dummies where the constexpr switches leave them unread."""
+        return _or_dummy(self.att, dummy), _or_dummy(self.seed, idx_dummy)
+
+
+_DOT = _Extras()
+_SCORE_KINDS = ("dot", "gat", "gatv2")
+
+
+def _make_extras(q, score, att, seed, negative_slope, dropout_p):
+    if score not in _SCORE_KINDS:
+        raise ValueError(f"score must be one of {_SCORE_KINDS}, got {score!r}")
+    if not 0.0 <= dropout_p <= 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1], got {dropout_p}")
+    H, D = q.shape[1], q.shape[2]
+    if score == "gat":
+        if D != 1:
+            raise ValueError(f"score='gat' takes q, k as [N, H, 1], got head dim {D}")
+        if att is not None:
+            raise ValueError("score='gat' takes no att")
+        att = torch.ones((H, 1), dtype=torch.float32, device=q.device)  # GAT is GATv2's score with att = 1
+    elif score == "gatv2":
+        if att is None or tuple(att.shape) != (H, D):
+            raise ValueError(f"score='gatv2' needs att [H, D] = [{H}, {D}], got "
+                             f"{None if att is None else list(att.shape)}")
+        att = att.to(torch.float32).contiguous()
+    elif att is not None:
+        raise ValueError("score='dot' takes no att")
+    if dropout_p > 0:
+        if seed is None or seed.numel() != 2:
+            raise ValueError("dropout_p > 0 needs the seed, an int64 tensor [2] (graphattn.dropout.draw_seed)")
+        seed = seed.to(device=q.device, dtype=torch.int64).contiguous()
+    else:
+        seed = None
+    return _Extras(0 if score == "dot" else 1, att, seed, negative_slope, dropout_p)
+
+
 def csr_attention_forward(q, k, v, rowptr, col, eid, bias, scale, *, plan=None):
     """Fused CSR edge-softmax attention forward -> ``(out [N_dst, H, Dv], lse [N_dst, H] float32)``.
 
@@ -661,20 +936,39 @@ def csr_attention_forward(q, k, v, rowptr, col, eid, bias, scale, *, plan=None):
     (computed here when None).
     """
     with _on_device(q):
-        return _forward(q, k, v, rowptr, col, eid, bias, scale, plan)
+        out, lse, _ = _forward(q, k, v, rowptr, col, eid, bias, scale, plan, _DOT, False)
+        return out, lse
 
 
-def _forward(q, k, v, rowptr, col, eid, bias, scale, plan):
+def csr_scored_attention_forward(q, k, v, rowptr, col, eid, bias, att, seed, score, scale, negative_slope,
+                                 dropout_p, return_alpha, *, plan=None):
+    """Forward with a score kind, attention dropout and the weights -> ``(out, lse, alpha or None)``.
+
+    As ``csr_attention_forward``, plus: ``score`` "dot", "gat" (q, k [N, H, 1])
+    or "gatv2" (``att`` [H, D]); ``scale`` is used by "dot" only;
+    ``negative_slope`` of the LeakyReLU; ``dropout_p`` with ``seed`` (int64
+    [2], graphattn/dropout.py) when > 0. ``alpha`` [E, H] in the input dtype,
+    in edge_index column order (indexed by ``eid``), when ``return_alpha``.
+    """
+    with _on_device(q):
+        extras = _make_extras(q, score, att, seed, negative_slope, dropout_p)
+        return _forward(q, k, v, rowptr, col, eid, bias, scale, plan, extras, return_alpha)
+
+
+def _forward(q, k, v, rowptr, col, eid, bias, scale, plan, extras, return_alpha):
     bias = _check_inputs(q, k, v, bias, col.numel())
     col, eid = _index(col), _index(eid)
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     n_dst, H, D = q.shape
     DV = v.shape[2]
+    E = col.numel()
     device = q.device
     out = torch.empty((n_dst, H, DV), dtype=q.dtype, device=device)
     lse = torch.empty((n_dst, H), dtype=torch.float32, device=device)
+    # Every edge belongs to a target row, so the alpha pass writes all of it.
+    alpha = torch.empty((E, H), dtype=q.dtype, device=device) if return_alpha else None
     if n_dst == 0 or H == 0:
-        return out, lse
+        return out, lse, alpha
     if DV == 0:
         out.zero_()
     if not _has_plan(plan, ""):
@@ -691,6 +985,8 @@ def _forward(q, k, v, rowptr, col, eid, bias, scale, plan):
     sb = bias.stride() if has_bias else (0, 0)
     k_t, v_t = _or_dummy(k, q), _or_dummy(v, q)
     col_t, eid_t = _or_dummy(col, idx_dummy), _or_dummy(eid, idx_dummy)
+    att_t, seed_t = extras.kernel_args(dummy, idx_dummy)
+    scale = extras.scale(scale)
     hb, n_hb, d_pad, dv_pad = _geometry(H, D, DV)
     for cls, it in enumerate(items):
         n_items = it.shape[0]
@@ -702,9 +998,10 @@ def _forward(q, k, v, rowptr, col, eid, bias, scale, plan):
             col_t, eid_t, it, n_items,
             H, D, DV,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), sb[0], sb[1],
-            float(scale),
+            scale, att_t, seed_t, extras.slope, extras.threshold, extras.keep_scale,
             HAS_BIAS=has_bias, HB=hb, D_PAD=d_pad, DV_PAD=dv_pad,
-            BLOCK_E=block_e, ITEMS_PER_PROG=ipp, LOOP_WHILE=_INTERPRETED, num_warps=num_warps,
+            BLOCK_E=block_e, ITEMS_PER_PROG=ipp, LOOP_WHILE=_INTERPRETED,
+            SCORE=extras.code, DROPOUT=extras.dropout, num_warps=num_warps,
         )
     n_hubs = plan["merge_rows"].shape[0]
     if n_hubs:
@@ -712,7 +1009,22 @@ def _forward(q, k, v, rowptr, col, eid, bias, scale, plan):
             part_out, part_lse, out, lse, plan["merge_rows"], plan["merge_ptr"], H, DV,
             HB=hb, DV_PAD=dv_pad, LOOP_WHILE=_INTERPRETED, num_warps=4 if hb * dv_pad >= 1024 else 2,
         )
-    return out, lse
+    if return_alpha and E > 0:
+        # After the merge: every item, hub chunk or whole row, needs its row's final lse.
+        for cls, it in enumerate(items):
+            n_items = it.shape[0]
+            if n_items == 0:
+                continue
+            block_e, ipp, num_warps = _launch_config(cls, hb, d_pad)
+            _csr_alpha_kernel[(triton.cdiv(n_items, ipp), n_hb)](
+                q, k_t, bias_t, lse, alpha, col_t, eid_t, it, n_items,
+                H, D,
+                q.stride(0), q.stride(1), k.stride(0), k.stride(1), sb[0], sb[1],
+                scale, att_t, seed_t, extras.slope, extras.threshold, extras.keep_scale,
+                HAS_BIAS=has_bias, HB=hb, D_PAD=d_pad, BLOCK_E=block_e, ITEMS_PER_PROG=ipp,
+                LOOP_WHILE=_INTERPRETED, SCORE=extras.code, DROPOUT=extras.dropout, num_warps=num_warps,
+            )
+    return out, lse, alpha
 
 
 def _merge_sum(part, dst, plan, prefix, row_elems):
@@ -737,12 +1049,34 @@ def csr_attention_backward(grad_out, grad_lse, q, k, v, bias, out, lse,
     without colptr) are computed here, which synchronises with the device.
     """
     with _on_device(q):
-        return _backward(grad_out, grad_lse, q, k, v, bias, out, lse, rowptr, col, eid,
-                         colptr, row_t, eid_t, scale, need_dbias, plan)
+        dq, dk, dv, dbias, _ = _backward(grad_out, grad_lse, None, q, k, v, bias, out, lse, rowptr, col, eid,
+                                         colptr, row_t, eid_t, scale, need_dbias, False, plan, _DOT)
+        return dq, dk, dv, dbias
 
 
-def _backward(grad_out, grad_lse, q, k, v, bias, out, lse, rowptr, col, eid,
-              colptr, row_t, eid_t, scale, need_dbias, plan):
+def csr_scored_attention_backward(grad_out, grad_lse, grad_alpha, q, k, v, bias, att, seed, out, lse,
+                                  rowptr, col, eid, colptr, row_t, eid_t, score, scale, negative_slope, dropout_p,
+                                  need_dbias, need_datt, *, plan=None):
+    """Backward of ``csr_scored_attention_forward`` -> ``(dq, dk, dv, dbias or None, datt or None)``.
+
+    ``grad_alpha`` None or [E, H] (edge_index column order, read as float32);
+    its term ``- sum_e alpha_e g_e`` must already be in ``grad_lse`` (see
+    graphattn/scored_ops.py). ``datt`` [H, D] in the dtype of att, when
+    ``need_datt`` (score "gatv2" only). The rest as ``csr_attention_backward``.
+    """
+    with _on_device(q):
+        extras = _make_extras(q, score, att, seed, negative_slope, dropout_p)
+        if need_datt and score != "gatv2":
+            raise ValueError("need_datt is for score='gatv2' only")
+        if grad_alpha is not None:
+            grad_alpha = grad_alpha.to(torch.float32).contiguous()
+        dq, dk, dv, dbias, datt = _backward(grad_out, grad_lse, grad_alpha, q, k, v, bias, out, lse, rowptr, col,
+                                            eid, colptr, row_t, eid_t, scale, need_dbias, need_datt, plan, extras)
+        return dq, dk, dv, dbias, None if datt is None else datt.to(att.dtype)
+
+
+def _backward(grad_out, grad_lse, grad_alpha, q, k, v, bias, out, lse, rowptr, col, eid,
+              colptr, row_t, eid_t, scale, need_dbias, need_datt, plan, extras):
     bias = _check_inputs(q, k, v, bias, col.numel())
     col, eid, row_t, eid_t = _index(col), _index(eid), _index(row_t), _index(eid_t)
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
@@ -755,8 +1089,9 @@ def _backward(grad_out, grad_lse, q, k, v, bias, out, lse, rowptr, col, eid,
     dk = torch.empty((n_src, H, D), dtype=q.dtype, device=device)
     dv = torch.empty((n_src, H, DV), dtype=q.dtype, device=device)
     dbias = torch.zeros((E, H), dtype=q.dtype, device=device) if need_dbias else None
+    datt = torch.zeros((H, D), dtype=torch.float32, device=device) if need_datt else None
     if H == 0 or (n_dst == 0 and n_src == 0):
-        return dq, dk, dv, dbias
+        return dq, dk, dv, dbias, datt
     if D == 0 or DV == 0:
         dq.zero_(), dk.zero_(), dv.zero_()
     if not _has_plan(plan, "") or not _has_plan(plan, "t_"):
@@ -771,6 +1106,8 @@ def _backward(grad_out, grad_lse, q, k, v, bias, out, lse, rowptr, col, eid,
 
     if grad_out.shape != (n_dst, H, DV):
         raise ValueError(f"grad_out must be [{n_dst}, {H}, {DV}], got {list(grad_out.shape)}")
+    if grad_alpha is not None and tuple(grad_alpha.shape) != (E, H):
+        raise ValueError(f"grad_alpha must be [{E}, {H}], got {list(grad_alpha.shape)}")
     grad_out = _last_dim_contiguous(grad_out)
     if grad_out.dtype != q.dtype:
         grad_out = grad_out.to(q.dtype)
@@ -787,6 +1124,12 @@ def _backward(grad_out, grad_lse, q, k, v, bias, out, lse, rowptr, col, eid,
     sb = bias.stride() if has_bias else (0, 0)
     hb, n_hb, d_pad, dv_pad = _geometry(H, D, DV)
     d_max = max(d_pad, dv_pad)
+    att_t, seed_t = extras.kernel_args(dummy, idx_dummy)
+    has_ga = grad_alpha is not None and E > 0
+    ga_t = grad_alpha if has_ga else dummy
+    need_eid = has_bias or extras.dropout or has_ga
+    extra_args = (extras.scale(scale), att_t, seed_t, ga_t)
+    extra_flags = dict(SCORE=extras.code, DROPOUT=extras.dropout, HAS_GRAD_ALPHA=has_ga)
 
     # 1. Delta = rowsum(dO * O) - grad_lse   ([N_dst, H] float32)
     delta = torch.empty((n_dst, H), dtype=torch.float32, device=device)
@@ -806,11 +1149,14 @@ def _backward(grad_out, grad_lse, q, k, v, bias, out, lse, rowptr, col, eid,
     common_strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                       sb[0], sb[1], grad_out.stride(0), grad_out.stride(1))
 
-    # 2. dQ (and dbias) over target rows
+    # 2. dQ (and dbias, and the datt partials) over target rows
     if n_dst:
         n_slots = plan["slot_row"].shape[0]
         part = torch.empty((n_slots, H, D), dtype=torch.float32, device=device) if n_slots else dummy
         need_db = bool(need_dbias) and E > 0
+        need_da = bool(need_datt) and E > 0
+        # Rows of hubs stay 0 here (their chunks write after the n_dst rows).
+        datt_part = torch.zeros((n_dst + n_slots, H, D), dtype=torch.float32, device=device) if need_da else dummy
         for cls, it in enumerate(items):
             n_items = it.shape[0]
             if n_items == 0:
@@ -819,12 +1165,15 @@ def _backward(grad_out, grad_lse, q, k, v, bias, out, lse, rowptr, col, eid,
             _csr_bwd_dq_kernel[(triton.cdiv(n_items, ipp), n_hb)](
                 q_t, k_t, v_t, bias_t, do_t, lse_t, delta_t, dq, _or_dummy(dbias, dummy), part,
                 _or_dummy(col, idx_dummy), _or_dummy(eid, idx_dummy), it, n_items,
-                H, D, DV, *common_strides, float(scale),
-                HAS_BIAS=has_bias, NEED_DBIAS=need_db, NEED_EID=has_bias or need_db, HB=hb,
+                H, D, DV, *common_strides, *extra_args, datt_part, n_dst,
+                extras.slope, extras.threshold, extras.keep_scale,
+                HAS_BIAS=has_bias, NEED_DBIAS=need_db, NEED_EID=need_eid or need_db, HB=hb,
                 D_PAD=d_pad, DV_PAD=dv_pad, BLOCK_E=block_e, ITEMS_PER_PROG=ipp, LOOP_WHILE=_INTERPRETED,
-                num_warps=num_warps,
+                NEED_DATT=need_da, **extra_flags, num_warps=num_warps,
             )
         _merge_sum(part, dq, plan, "", H * D)
+        if need_da:
+            datt = datt_part.sum(0)
 
     # 3. dK, dV over source rows (transposed CSR)
     if n_src:
@@ -839,10 +1188,12 @@ def _backward(grad_out, grad_lse, q, k, v, bias, out, lse, rowptr, col, eid,
             _csr_bwd_dkdv_kernel[(triton.cdiv(n_items, ipp), n_hb)](
                 q_t, k_t, v_t, bias_t, do_t, lse_t, delta_t, dk, dv, part_k, part_v,
                 _or_dummy(row_t, idx_dummy), _or_dummy(eid_t, idx_dummy), it, n_items,
-                H, D, DV, *common_strides, float(scale),
+                H, D, DV, *common_strides, *extra_args,
+                extras.slope, extras.threshold, extras.keep_scale,
                 HAS_BIAS=has_bias, HB=hb, D_PAD=d_pad, DV_PAD=dv_pad,
-                BLOCK_E=block_e, ITEMS_PER_PROG=ipp, LOOP_WHILE=_INTERPRETED, num_warps=num_warps,
+                BLOCK_E=block_e, ITEMS_PER_PROG=ipp, LOOP_WHILE=_INTERPRETED,
+                NEED_EID=need_eid, **extra_flags, num_warps=num_warps,
             )
         _merge_sum(part_k, dk, plan, "t_", H * D)
         _merge_sum(part_v, dv, plan, "t_", H * DV)
-    return dq, dk, dv, dbias
+    return dq, dk, dv, dbias, datt

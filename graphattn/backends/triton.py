@@ -25,6 +25,10 @@ class TritonBackend(Backend):
     dtypes = (torch.float16, torch.bfloat16, torch.float32)
     patterns = ("csr", "segments", "dense")
     max_head_dim = 256
+    # The sparse-path extras: the same CSR kernels behind constexpr switches (kernels/csr_attention.py).
+    score_kinds = ("dot", "gat", "gatv2")
+    supports_dropout = True
+    supports_return_attention = True
 
     def unavailable_reason(self, device_type):
         try:
@@ -56,6 +60,21 @@ class TritonBackend(Backend):
             grad_out, grad_lse, q, k, v, bias, out, lse, rowptr, col, eid, colptr, row_t, eid_t, scale, need_dbias,
             plan=kernels.unpack_plan(plan))
         return dq, dk, dv, dbias
+
+    def csr_scored_forward(self, q, k, v, rowptr, col, eid, bias, att, seed, score, scale, negative_slope,
+                           dropout_p, return_alpha, plan):
+        kernels = _import("csr_attention")
+        return kernels.csr_scored_attention_forward(
+            q, k, v, rowptr, col, eid, bias, att, seed, score, scale, negative_slope, dropout_p, return_alpha,
+            plan=kernels.unpack_plan(plan))
+
+    def csr_scored_backward(self, grad_out, grad_lse, grad_alpha, q, k, v, bias, att, seed, out, lse, rowptr, col,
+                            eid, colptr, row_t, eid_t, score, scale, negative_slope, dropout_p, need_dbias,
+                            need_datt, plan):
+        kernels = _import("csr_attention")
+        return kernels.csr_scored_attention_backward(
+            grad_out, grad_lse, grad_alpha, q, k, v, bias, att, seed, out, lse, rowptr, col, eid, colptr, row_t,
+            eid_t, score, scale, negative_slope, dropout_p, need_dbias, need_datt, plan=kernels.unpack_plan(plan))
 
     def segment_plan(self, graph):
         """Query tiles per segment (kernels/dense_attention.py), built once per graph."""

@@ -13,7 +13,8 @@ Forms (what a provider consumes):
 Names: graphattn-<backend> (a graphattn backend forced by name), graphattn-<backend>+graph (the
 raw edge_index passed each call: the Graph is built inside the call), graphattn-<backend>+proj
 (graphattn with TransformerConv's q/k/v Linear projections), torch-sdpa, torch-sdpa-mask,
-torch-sdpa-padded, pyg-scatter, pyg-transformerconv, flex-blockmask, dgl-edge_softmax.
+torch-sdpa-padded, pyg-scatter, pyg-transformerconv, flex-blockmask, dgl-edge_softmax; graphattn and
+pyg: whole models' training steps (mode "train"), defined in benchmarks/layers.py.
 
 Heavy imports (torch_geometric, dgl, flex_attention) happen inside `prepare`, in the worker.
 """
@@ -392,6 +393,10 @@ _FIXED = {p.name: p for p in (TorchSdpa(), TorchSdpaMask(), TorchSdpaPadded(), P
 def get_provider(name: str) -> Provider:
     if name in _FIXED:
         return _FIXED[name]
+    if name in ("graphattn", "pyg"):  # whole models (graphattn.nn vs torch_geometric.nn): benchmarks/layers.py
+        from .layers import PROVIDERS
+
+        return PROVIDERS[name]
     if name.startswith("graphattn-"):
         backend, _, variant = name[len("graphattn-"):].partition("+")
         if variant not in ("", "graph", "proj"):

@@ -5,7 +5,8 @@
 Every number in that block comes from a CSV row (device, versions, commit and date
 are shown with it), so the README never holds a hand-typed measurement. For each
 results file: the latest cpu_vs_pyg (or GPU sparse) comparison with its ratios,
-and the plots drawn from that file by benchmarks/plot.py.
+the latest benchmarks.layers run (training steps vs PyG's layers), and the plots
+drawn from that file by benchmarks/plot.py.
 """
 from __future__ import annotations
 
@@ -46,6 +47,29 @@ def _comparison_table(rows):
     return lines
 
 
+def _layers_lines(rows):
+    """The latest `benchmarks.layers` run: one line per (model, dtype), graphattn.nn vs PyG."""
+    run = _latest_run(rows, "layers")
+    if not run:
+        return []
+    r0 = run[0]
+    lines = [f"**Training step of whole models vs PyG's layers** (`python -m benchmarks.layers`): power-law graph, "
+             f"N = {int(r0['N']):,}, E = {int(r0['E']):,}, H = {int(r0['H'])}, {int(r0['D'])} hidden per head, "
+             f"commit {r0['commit']}, {r0['date']}.", "",
+             "| model | dtype | graphattn step | pyg step | pyg / graphattn time | graphattn / pyg peak memory |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    by = {(r["case"], r["dtype"], r["provider"]): r for r in run}
+    for model, dtype in dict.fromkeys((r["case"], r["dtype"]) for r in run):
+        ours, base = by.get((model, dtype, "graphattn")), by.get((model, dtype, "pyg"))
+        speed = mem = "–"
+        if ours and base:
+            speed = f"{base['time_median_s'] / ours['time_median_s']:.2f}×"
+            mem = f"{ours['peak_mem_bytes'] / base['peak_mem_bytes']:.3f}" if base["peak_mem_bytes"] else "–"
+        lines.append(f"| {model} | {dtype} | {common.fmt_time(ours['time_median_s']) if ours else 'skipped'} | "
+                     f"{common.fmt_time(base['time_median_s']) if base else 'skipped'} | {speed} | {mem} |")
+    return lines + [""]
+
+
 # The n^2-vs-sparse scaling plots first: they are what the README is read for.
 _FIRST = ("n-time", "n-memory", "n-memory-total", "density")
 
@@ -72,6 +96,7 @@ def section_for(csv_path: Path) -> list:
                   f"E = {int(r0['E']):,}, H = {int(r0['H'])}, D = {int(r0['D'])}, {r0['dtype']}, "
                   f"commit {r0['commit']}, {r0['date']}.", ""]
         lines += _comparison_table(run) + [""]
+    lines += _layers_lines(rows)
     for png in sorted(RESULTS.glob(f"{csv_path.stem}-*.png"), key=_plot_order):
         lines.append(f"![{png.stem}]({png.relative_to(ROOT)})")
     return lines + [""]

@@ -90,7 +90,7 @@ class Runner:
             preload = ["benchmarks.worker"]
             # torch_geometric may call torch.cuda.is_available() at import (under pytest it even runs
             # CUDA code): preloaded for CPU runs only, so a CUDA forkserver never initialises CUDA.
-            if (self.device == "cpu" and any(j["provider"].startswith("pyg-") for j in jobs)
+            if (self.device == "cpu" and any(j["provider"].split("-")[0] == "pyg" for j in jobs)
                     and importlib.util.find_spec("torch_geometric")):
                 preload += ["torch_geometric", "torch_geometric.utils", "torch_geometric.nn"]
             preload.append("benchmarks._freeze")
@@ -176,7 +176,7 @@ class Runner:
                                       + (16 * e if job["form"] == "csr" else 0))
         row["note"] = "; ".join(x for x in (job.get("note"), result.get("note")) if x) or None
         t = result.get("time_median_s")
-        if result.get("status") == "ok" and t:
+        if result.get("status") == "ok" and t and mode in ("fwd", "fwdbwd"):  # not for "train" (whole models)
             row["tflops"] = common.flops(e, h, d, mode) / t / 1e12
             if mode == "fwd" and job["form"] == "csr":
                 elem = common.parse_dtype(job["dtype"]).itemsize
@@ -210,7 +210,8 @@ class Runner:
                     self._series[job["series"]] = ("ok", result["time_median_s"], row["E"])
                     write(f"  {label}: {common.fmt_time(row['time_median_s'])} "
                           f"[{common.fmt_time(row['time_p20_s'])}, {common.fmt_time(row['time_p80_s'])}], "
-                          f"{row['tflops']:.3g} TFLOP/s, peak +{common.fmt_bytes(row['peak_mem_bytes'])}")
+                          + (f"{row['tflops']:.3g} TFLOP/s, " if row.get("tflops") else "")
+                          + f"peak +{common.fmt_bytes(row['peak_mem_bytes'])}")
                 else:
                     reason = result.get("reason", "?")
                     if any(s in reason for s in _SIZE_REASONS) and not reason.startswith("skipped: a smaller"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -115,6 +116,60 @@ def test_readme_figures_come_from_the_csv(quick_csv, tmp_path, monkeypatch):
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
     assert "graphattn-cpu" in text and "pyg-scatter" in text and "faster than the PyG-style baseline" in text
+
+
+def test_layers_quick_end_to_end(tmp_path):
+    """python -m benchmarks.layers --quick: the agreement checks, one training-step row per (model,
+    provider), the summary with the ratios against the issue's targets."""
+    path = tmp_path / "layers.csv"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.layers", "--quick", "--device", "cpu", "--out",
+                           str(path), "--no-progress", "--case-timeout", "60"],
+                          cwd=_REPO_ROOT, capture_output=True, text=True, timeout=240)
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    rows = common.read_rows(path)
+    assert [(r["case"], r["provider"]) for r in rows] == [(m, p) for m in ("gat", "gatv2", "transformer")
+                                                          for p in ("graphattn", "pyg")]
+    assert list(rows[0].keys())[-6:] == common.ENV_COLUMNS
+    for r in rows:
+        assert (r["benchmark"], r["mode"], r["dtype"], r["H"], r["D"], r["N"], r["E"]) == (
+            "layers", "train", "float32", "8", "64", "1000", "6887"), r
+        assert r["device"] and r["torch"] and r["commit"] and r["date"]
+        if r["provider"] == "pyg" and not HAVE_PYG:
+            assert r["status"] == "skipped" and "torch_geometric" in r["reason"]
+            continue
+        assert r["status"] == "ok", r
+        assert 0 < float(r["time_p20_s"]) <= float(r["time_median_s"]) <= float(r["time_p80_s"])
+        assert int(r["peak_mem_bytes"]) > 0 and int(r["repeats"]) >= 3
+        assert r["tflops"] == ""  # no attention-FLOP rate for a whole training step
+        assert "Adam" in r["note"]
+        if r["provider"] == "graphattn":
+            assert "graphattn auto backend: cpu" in r["note"]
+    if HAVE_PYG:
+        for m in ("gat", "gatv2", "transformer"):
+            assert f"check {m}: graphattn.nn vs torch_geometric.nn" in out and "DISAGREE" not in out
+            assert f"[{m} float32] step time: pyg" in out and f"[{m} float32] peak memory of a step" in out
+        assert "(target >= 3x: " in out and "MET" in out and "H100/H200" in out
+        from benchmarks import readme_figures
+
+        table = "\n".join(readme_figures._layers_lines(plot.load(path)))
+        assert "| gatv2 | float32 |" in table and "| transformer | float32 |" in table
+
+
+def test_layers_without_pyg_records_skips(monkeypatch, tmp_path, capsys):
+    """Without torch_geometric the pyg rows are skipped with the reason; graphattn's are measured."""
+    from benchmarks import layers
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name.split(".")[0] == "torch_geometric" else real(name, *a, **k))
+    path = tmp_path / "nopyg.csv"
+    assert layers.main(["--quick", "--device", "cpu", "--isolation", "none", "--models", "transformer",
+                        "--nodes", "300", "--out", str(path), "--no-progress"]) == 0
+    assert "torch_geometric is not installed" in capsys.readouterr().out
+    rows = {r["provider"]: r for r in common.read_rows(path)}
+    assert rows["graphattn"]["status"] == "ok"
+    assert rows["pyg"]["status"] == "skipped" and "torch_geometric" in rows["pyg"]["reason"]
 
 
 # ---------------------------------------------------------------------------

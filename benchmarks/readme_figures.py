@@ -5,7 +5,7 @@
 Every number in that block comes from a CSV row (device, versions, commit and date
 are shown with it), so the README never holds a hand-typed measurement. For each
 results file: the latest cpu_vs_pyg (or GPU sparse) comparison with its ratios,
-the latest benchmarks.layers run (training steps vs PyG's layers), and the plots
+the latest benchmarks.layers run of each model and dtype (training steps vs PyG's layers), and the plots
 drawn from that file by benchmarks/plot.py.
 """
 from __future__ import annotations
@@ -48,25 +48,30 @@ def _comparison_table(rows):
 
 
 def _layers_lines(rows):
-    """The latest `benchmarks.layers` run: one line per (model, dtype), graphattn.nn vs PyG."""
-    run = _latest_run(rows, "layers")
-    if not run:
+    """`benchmarks.layers`: per (model, dtype, graph size) the latest run of that case, graphattn.nn vs
+    PyG measured in that same run (a later run of one model does not hide the others)."""
+    layer_rows = [r for r in rows if r["benchmark"] == "layers"]
+    if not layer_rows:
         return []
-    r0 = run[0]
-    lines = [f"**Training step of whole models vs PyG's layers** (`python -m benchmarks.layers`): power-law graph, "
-             f"N = {int(r0['N']):,}, E = {int(r0['E']):,}, H = {int(r0['H'])}, {int(r0['D'])} hidden per head, "
-             f"commit {r0['commit']}, {r0['date']}.", "",
-             "| model | dtype | graphattn step | pyg step | pyg / graphattn time | graphattn / pyg peak memory |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    by = {(r["case"], r["dtype"], r["provider"]): r for r in run}
-    for model, dtype in dict.fromkeys((r["case"], r["dtype"]) for r in run):
-        ours, base = by.get((model, dtype, "graphattn")), by.get((model, dtype, "pyg"))
+    lines = ["**Training step of whole models vs PyG's layers** (`python -m benchmarks.layers`; power-law graph, "
+             "H heads of 64 hidden channels):", "",
+             "| model | dtype | N | E | graphattn step | pyg step | pyg / graphattn time | "
+             "graphattn / pyg peak memory | commit, date |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for key in dict.fromkeys((r["case"], r["dtype"], r["N"]) for r in layer_rows):
+        case_rows = [r for r in layer_rows if (r["case"], r["dtype"], r["N"]) == key]
+        run = _latest_run(case_rows, "layers")
+        ours = next((r for r in run if r["provider"] == "graphattn" and r["status"] == "ok"), None)
+        base = next((r for r in run if r["provider"] == "pyg" and r["status"] == "ok"), None)
         speed = mem = "–"
         if ours and base:
             speed = f"{base['time_median_s'] / ours['time_median_s']:.2f}×"
             mem = f"{ours['peak_mem_bytes'] / base['peak_mem_bytes']:.3f}" if base["peak_mem_bytes"] else "–"
-        lines.append(f"| {model} | {dtype} | {common.fmt_time(ours['time_median_s']) if ours else 'skipped'} | "
-                     f"{common.fmt_time(base['time_median_s']) if base else 'skipped'} | {speed} | {mem} |")
+        model, dtype, n = key
+        lines.append(f"| {model} | {dtype} | {int(n):,} | {int(run[0]['E']):,} | "
+                     f"{common.fmt_time(ours['time_median_s']) if ours else 'skipped'} | "
+                     f"{common.fmt_time(base['time_median_s']) if base else 'skipped'} | {speed} | {mem} | "
+                     f"{run[0]['commit']}, {run[0]['date']} |")
     return lines + [""]
 
 

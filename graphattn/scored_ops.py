@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .backends import get_backend
-from .backends.base import stats_dtype
+from .ops import _fake_out_lse, _zeros_if_none
 
 SCORE_CODES = {"dot": 0, "gat": 1, "gatv2": 2}  # the C++ kernels take the score kind as this int
 
@@ -45,8 +45,7 @@ def attention_csr_scored(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor]
 @attention_csr_scored.register_fake
 def _(q, k, v, bias, att, seed, rowptr, col, eid, colptr, row_t, eid_t, plan, score, scale, negative_slope,
       dropout_p, return_alpha, backend):
-    out = q.new_empty((q.shape[0], q.shape[1], v.shape[-1]))
-    lse = q.new_empty((q.shape[0], q.shape[1]), dtype=stats_dtype(q.dtype))
+    out, lse = _fake_out_lse(q, v, q.shape[0])
     alpha = q.new_empty((col.shape[0], q.shape[1])) if return_alpha else q.new_empty(0)
     return out, lse, alpha
 
@@ -104,9 +103,8 @@ def _backward(ctx, grad_out, grad_lse, grad_alpha):
         grad_alpha = None
     need_dbias = bias is not None and ctx.needs_input_grad[3]
     need_datt = att is not None and ctx.needs_input_grad[4]
-    grad_out = torch.zeros_like(out) if grad_out is None else grad_out
     dq, dk, dv, dbias, datt = attention_csr_scored_backward(
-        grad_out, grad_lse, grad_alpha, q, k, v, bias, att, seed, out, lse, rowptr, col, eid, colptr, row_t, eid_t,
+        _zeros_if_none(grad_out, out), grad_lse, grad_alpha, q, k, v, bias, att, seed, out, lse, rowptr, col, eid, colptr, row_t, eid_t,
         plan, score, scale, negative_slope, dropout_p, need_dbias, need_datt, backend)
     return (dq, dk, dv, dbias if need_dbias else None, datt if need_datt else None, None, None, None, None, None,
             None, None, [None] * len(plan), None, None, None, None, None, None)

@@ -110,6 +110,18 @@ def _split(x) -> Tuple[Tensor, Optional[Tensor]]:
 
 
 class _GATBase(torch.nn.Module):
+    def _add_residual_and_bias(self, in_channels, total: int, residual: bool, bias: bool) -> None:
+        """PyG's `res` (a Linear from the target features) and `bias` parameters, or None of each."""
+        if residual:
+            in_dst = in_channels if isinstance(in_channels, int) else in_channels[1]
+            self.res = _linear(in_dst, total, False, True)
+        else:
+            self.register_parameter("res", None)
+        if bias:
+            self.bias = Parameter(torch.empty(total))
+        else:
+            self.register_parameter("bias", None)
+
     def _finish(self, out: Tensor, res: Optional[Tensor]) -> Tensor:
         if self.concat:
             out = out.reshape(-1, self.heads * self.out_channels)
@@ -169,15 +181,7 @@ class GATConv(_GATBase):
         else:
             self.lin_edge = None
             self.register_parameter("att_edge", None)
-        total = out_channels * (heads if concat else 1)
-        if residual:
-            self.res = _linear(in_channels if isinstance(in_channels, int) else in_channels[1], total, False, True)
-        else:
-            self.register_parameter("res", None)
-        if bias:
-            self.bias = Parameter(torch.empty(total))
-        else:
-            self.register_parameter("bias", None)
+        self._add_residual_and_bias(in_channels, out_channels * (heads if concat else 1), residual, bias)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -249,15 +253,7 @@ class GATv2Conv(_GATBase):
         self.lin_r = self.lin_l if share_weights else _linear(ins[1], heads * out_channels, bias, True)
         self.att = Parameter(torch.empty(1, heads, out_channels))
         self.lin_edge = _linear(edge_dim, heads * out_channels, False, True) if edge_dim is not None else None
-        total = out_channels * (heads if concat else 1)
-        if residual:
-            self.res = _linear(ins[1], total, False, True)
-        else:
-            self.register_parameter("res", None)
-        if bias:
-            self.bias = Parameter(torch.empty(total))
-        else:
-            self.register_parameter("bias", None)
+        self._add_residual_and_bias(in_channels, out_channels * (heads if concat else 1), residual, bias)
         self.reset_parameters()
 
     def reset_parameters(self):

@@ -7,7 +7,8 @@ segment's square at a time for segments). Each computes in the dtype it is
 given; callers pass float64 copies when they want an exact answer.
 
 All are max-subtracted (no overflow for large logits) and give `out = 0`,
-`lse = -inf` and zero gradients for a target without edges, never NaN.
+`lse = -inf` and zero gradients for a target without edges, never NaN; a
+target whose every edge is masked (score -inf) is such a target.
 Gradients come from autograd.
 """
 from __future__ import annotations
@@ -61,14 +62,20 @@ def sparse_attention(q, k, v, src, dst, bias=None, scale=None, *, score="dot", n
     scores = edge_scores(q, k, src, dst, bias, scale, score=score, negative_slope=negative_slope, att=att)
     # Softmax is shift-invariant, so the per-target max can be detached: it
     # only keeps exp() in range and never changes the value or the gradient.
+    # A row whose every score is -inf (no edges, or every edge masked by a -inf bias) has max
+    # -inf; 0 stands in for it so that exp(-inf - 0) = 0 rather than exp(-inf + inf) = NaN.
     with torch.no_grad():
         row_max = scores.new_full((n_dst, heads), -math.inf)
         row_max.scatter_reduce_(0, dst[:, None].expand_as(scores), scores, "amax")
+        row_max = row_max.nan_to_num(neginf=0.0)
     weights = torch.exp(scores - row_max[dst])
     denom = scores.new_zeros((n_dst, heads)).index_add(0, dst, weights)
-    # Targets without edges have denom 0: log gives -inf, which is their lse.
-    lse = row_max.nan_to_num(neginf=0.0) + torch.log(denom)
-    alpha = weights / denom[dst]
+    # Such a row has denom 0: lse -inf, weights 0. torch.where (not a division by 0 or log(0))
+    # keeps its gradients 0 instead of inf * 0 = NaN.
+    has_weight = denom > 0
+    safe_denom = torch.where(has_weight, denom, torch.ones_like(denom))
+    lse = torch.where(has_weight, row_max + torch.log(safe_denom), torch.full_like(denom, -math.inf))
+    alpha = weights / safe_denom[dst]
     if dropout_mask is None and dropout_p > 0:
         dropout_mask = torch.rand(alpha.shape, generator=generator, device=alpha.device) >= dropout_p
     if dropout_mask is not None:

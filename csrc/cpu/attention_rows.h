@@ -190,6 +190,14 @@ inline acc_t dropout_factor(const DropoutParams& d, int64_t edge, int64_t h) {
   return dropout_keep(d, edge, h) ? static_cast<acc_t>(d.keep_scale) : acc_t(0);
 }
 
+// The weight exp(s - lse) of a score in a row whose log-sum-exp is lse. A row with no
+// edge, or whose every edge is masked (score -inf), has lse = -inf: its weights are 0,
+// where exp(-inf - -inf) would be NaN (FlashAttention's convention for masked rows).
+template <typename acc_t>
+inline acc_t weight_from_lse(acc_t s, acc_t lse) {
+  return lse == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : std::exp(s - lse);
+}
+
 // Scores are computed for a chunk of edges, then folded into a running
 // (max, sum, acc) per head: exp() runs once per edge and head, and the
 // accumulator is rescaled once per chunk, not once per edge.
@@ -201,7 +209,7 @@ void forward(const ForwardParams& p, const Neighbours& nb) {
   const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
   const std::vector<acc_t> att = load_att<kScore, acc_t, scalar_t>(p);
   at::parallel_for(0, p.num_dst, 16, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> q_row(H * D), acc(H * Dv), row_max(H), row_sum(H), scores(kChunk * H);
+    std::vector<acc_t> q_row(H * D), acc(H * Dv), row_max(H), shift(H), row_sum(H), scores(kChunk * H);
     std::vector<int64_t> srcs(kChunk);
     for (int64_t i = begin; i < end; ++i) {
       load_row<acc_t, scalar_t>(q_row.data(), p.q, i, H, D);
@@ -230,9 +238,12 @@ void forward(const ForwardParams& p, const Neighbours& nb) {
             row_max[h] = chunk_max;
           }
         }
+        // While every score so far is -inf (masked), the max is -inf: subtracting 0 instead
+        // gives the masked edges weight exp(-inf) = 0 rather than NaN.
+        for (int64_t h = 0; h < H; ++h) shift[h] = row_max[h] == neg_inf ? acc_t(0) : row_max[h];
         for (int64_t t = 0; t < n; ++t) {
           for (int64_t h = 0; h < H; ++h) {
-            const acc_t w = std::exp(scores[t * H + h] - row_max[h]);
+            const acc_t w = std::exp(scores[t * H + h] - shift[h]);
             row_sum[h] += w;  // the softmax's denominator counts dropped edges too
             const acc_t kept = p.dropout.enabled && !dropout_keep(p.dropout, nb.edge(c + t), h) ? acc_t(0) : w;
             axpy(acc.data() + h * Dv, kept, row_ptr<scalar_t>(p.v, srcs[t], h), Dv);
@@ -243,7 +254,7 @@ void forward(const ForwardParams& p, const Neighbours& nb) {
       acc_t* lse = static_cast<acc_t*>(p.lse) + i * H;
       const acc_t keep_scale = p.dropout.enabled ? static_cast<acc_t>(p.dropout.keep_scale) : acc_t(1);
       for (int64_t h = 0; h < H; ++h) {
-        // A row without edges: out = 0 and lse = -inf (row_sum is 0).
+        // A row without edges, or with every edge masked: out = 0 and lse = -inf (row_sum is 0).
         const acc_t inv = row_sum[h] > 0 ? keep_scale / row_sum[h] : acc_t(0);
         for (int64_t d = 0; d < Dv; ++d) out[h * Dv + d] = static_cast<scalar_t>(acc[h * Dv + d] * inv);
         lse[h] = row_sum[h] > 0 ? row_max[h] + std::log(row_sum[h]) : neg_inf;
@@ -258,7 +269,7 @@ void forward(const ForwardParams& p, const Neighbours& nb) {
             const acc_t s = in_buffer ? scores[(e - first) * H + h]
                                       : score<kScore, acc_t, scalar_t>(p, q_row.data(), att.data(), nb.node(e), edge, h);
             static_cast<scalar_t*>(p.alpha)[edge * H + h] =
-                static_cast<scalar_t>(std::exp(s - lse[h]) * dropout_factor<acc_t>(p.dropout, edge, h));
+                static_cast<scalar_t>(weight_from_lse(s, lse[h]) * dropout_factor<acc_t>(p.dropout, edge, h));
           }
         }
       }
@@ -305,7 +316,8 @@ void backward_targets(const BackwardParams& b, const Neighbours& nb) {
         }
         for (int64_t h = 0; h < H; ++h) {
           const scalar_t* k_jh = row_ptr<scalar_t>(p.k, j, h);
-          const acc_t prob = std::exp(score<kScore, acc_t, scalar_t>(p, q_row.data(), att.data(), j, edge, h) - lse[h]);
+          const acc_t prob =
+              weight_from_lse(score<kScore, acc_t, scalar_t>(p, q_row.data(), att.data(), j, edge, h), lse[h]);
           acc_t dp = dot(go_row.data() + h * Dv, row_ptr<scalar_t>(p.v, j, h), Dv);
           if (grad_alpha != nullptr) dp += grad_alpha[edge * H + h];
           const acc_t factor = dropout_factor<acc_t>(p.dropout, edge, h);
@@ -375,7 +387,7 @@ void backward_sources(const BackwardParams& b, const Neighbours& nb) {
           } else {
             const acc_t s = static_cast<acc_t>(p.scale) * dot(k_row.data() + h * D, q_i, D) +
                             bias_at<acc_t, scalar_t>(p, edge, h);  // dot scores only (checked above)
-            prob = std::exp(s - lse[h]);
+            prob = weight_from_lse(s, lse[h]);
             ds = prob * (dot(v_row.data() + h * Dv, go_i, Dv) - delta[h]);
           }
           axpy(dv.data() + h * Dv, prob, go_i, Dv);

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from . import dispatch, dropout
+from . import dispatch, dropout, ops, scored_ops
 from .backends import Call
 from .graph import Graph
 
@@ -215,14 +215,22 @@ def attention(q, k, v, edge_index=None, *, bias=None, scale: Optional[float] = N
     )
     chosen = dispatch.choose(call, backend)
     if call.score == "dot" and not call.dropout and not call.return_attention:
-        out, lse = chosen.attention(call, q, k, v, graph, bias, scale, bool(causal))
-        if to_dense:
-            out, lse = out[0], lse[0]
+        # Kernel backends run through graphattn's autograd ops; the others (reference, SDPA)
+        # differentiate by torch's autograd.
+        if chosen.autograd_by_ops:
+            out, lse = ops.attention(chosen, call, q, k, v, graph, bias, scale, bool(causal))
+        else:
+            out, lse = chosen.attention(call, q, k, v, graph, bias, scale, bool(causal))
+        if to_dense:  # back from the batch of one; lse is None where the backend was not asked for it
+            out, lse = out[0], None if lse is None else lse[0]
         return (out, lse) if return_lse else out
     # One seed per call, drawn from torch's generator: the keep mask is a hash of (seed, edge, head),
     # the same on every backend (graphattn/dropout.py).
     seed = dropout.draw_seed(generator, q.device) if dropout_p > 0 else None
-    out, lse, alpha = chosen.attention_extra(call, q, k, v, graph, bias, scale, negative_slope=negative_slope,
-                                             att=att, dropout_p=dropout_p, seed=seed)
+    extras = dict(negative_slope=negative_slope, att=att, dropout_p=dropout_p, seed=seed)
+    if chosen.autograd_by_ops:
+        out, lse, alpha = scored_ops.attention_scored(chosen, call, q, k, v, graph, bias, scale, **extras)
+    else:
+        out, lse, alpha = chosen.attention_extra(call, q, k, v, graph, bias, scale, **extras)
     result = (out,) + ((lse,) if return_lse else ()) + ((alpha,) if return_attention else ())
     return result if len(result) > 1 else out

@@ -121,3 +121,22 @@ def test_complete_graph_edge_list_takes_the_dense_path(monkeypatch):
     patterns.clear()
     graphattn.attention(q, k, v, edge_index, bias=torch.zeros(edge_index.shape[1], heads, dtype=torch.float64))
     assert patterns == ["csr"]
+
+
+@pytest.mark.parametrize("return_lse", [False, True])
+@pytest.mark.parametrize("shuffled", [False, True], ids=["in order", "shuffled columns"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rerouting_a_complete_graph_to_the_dense_path_is_invisible(dtype, shuffled, return_lse):
+    """The sparse contract holds for a complete edge list with every option auto reroutes: the result
+    (one tensor, or out and lse) is what the reference backend gives on the edges."""
+    n = 6
+    edge_index = torch.stack([torch.arange(n).repeat(n), torch.arange(n).repeat_interleave(n)])
+    if shuffled:
+        edge_index = edge_index[:, torch.randperm(n * n, generator=torch.Generator().manual_seed(1))]
+    q, k, v = (torch.randn(n, 2, 5, generator=torch.Generator().manual_seed(s)).to(dtype) for s in (1, 2, 3))
+    got = graphattn.attention(q, k, v, edge_index, return_lse=return_lse)
+    want = graphattn.attention(q, k, v, edge_index, return_lse=return_lse, backend="reference")
+    assert type(got) is type(want)
+    for a, b in zip(got if return_lse else (got,), want if return_lse else (want,)):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        torch.testing.assert_close(a, b, atol=2e-2 if dtype == torch.bfloat16 else 1e-5, rtol=1e-2)

@@ -178,6 +178,20 @@ def _dense_backward(ctx, grad_out, grad_lse):
 attention_dense.register_autograd(_dense_backward, setup_context=_dense_setup)
 
 
+def attention(backend, call, q, k, v, graph, bias, scale: float, causal: bool):
+    """Run kernel backend `backend` on `call` through the op of its pattern: -> (out, lse); differentiable."""
+    if call.pattern == "csr":
+        needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias))
+        t = graph.transposed() if needs_grad else None  # dK/dV walk edges by source
+        return attention_csr(
+            q, k, v, bias, graph.rowptr, graph.col, graph.eid,
+            None if t is None else t.colptr, None if t is None else t.row, None if t is None else t.eid,
+            backend.csr_plan(graph, needs_grad), scale, backend.name)
+    if call.pattern == "segments":
+        return attention_segments(q, k, v, graph.ptr, backend.segment_plan(graph), scale, backend.name)
+    return attention_dense_nd(q, k, v, scale, causal, backend.name)
+
+
 def attention_dense_nd(q, k, v, scale: float, causal: bool, backend: str):
     """q [*B, Lq, H, D] -> (out [*B, Lq, H, Dv], lse [*B, Lq, H]); kernels see one batch dim."""
     lead = q.shape[:-3]

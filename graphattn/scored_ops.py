@@ -27,8 +27,6 @@ from torch import Tensor
 from .backends import get_backend
 from .ops import _fake_out_lse, _zeros_if_none
 
-SCORE_CODES = {"dot": 0, "gat": 1, "gatv2": 2}  # the C++ kernels take the score kind as this int
-
 
 @torch.library.custom_op("graphattn::attention_csr_scored", mutates_args=())
 def attention_csr_scored(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], att: Optional[Tensor],

@@ -183,11 +183,12 @@ def _sample_scored(score, dropout_p, return_alpha=True):
 @pytest.mark.parametrize("score,dropout_p", [("dot", 0.3), ("gat", 0.0), ("gatv2", 0.5)])
 def test_opcheck_scored_op(score, dropout_p):
     from graphattn import scored_ops
+    from graphattn.backends.compiled import SCORE_CODES
 
     torch.library.opcheck(scored_ops.attention_csr_scored, _sample_scored(score, dropout_p))
     args = _sample_scored(score, dropout_p)
     q, k, v, bias, att, seed, rowptr, col, eid = args[:9]
-    code = scored_ops.SCORE_CODES[score]
+    code = SCORE_CODES[score]
     detached = [None if t is None else t.detach() for t in (q, k, v, bias, att)]
     fwd_args = (*detached[:3], rowptr, col, eid, detached[3], detached[4], seed, code, 0.5, 0.2, dropout_p, True)
     torch.library.opcheck(torch.ops.graphattn.csr_scored_attention_forward, fwd_args)

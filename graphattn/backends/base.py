@@ -132,30 +132,19 @@ class Backend:
         """-> (dq, dk, dv, dbias or None, datt or None); see graphattn/scored_ops.py."""
         raise NotImplementedError(self.name)
 
-    # ---- the differentiable entry point for score kinds / dropout / alpha ----
-    def attention_extra(self, call: Call, q, k, v, graph, bias, scale: float, *, negative_slope: float, att,
-                        dropout_p: float, seed):
-        """-> (out, lse, alpha or None); differentiable. Only backends that declare the call's
-        score kind, dropout and return_attention support are given such a call. `seed`: the
-        dropout seed [2] (graphattn/dropout.py), or None without dropout."""
-        from .. import scored_ops
+    # ---- the differentiable entry points of backends outside graphattn's ops ----
+    # A kernel backend (autograd_by_ops) implements the *_forward / *_backward entry points
+    # above and graphattn.attention runs them through graphattn/ops.py and scored_ops.py. A
+    # backend differentiated by torch's autograd (the reference, SDPA) sets autograd_by_ops =
+    # False and implements these instead.
+    autograd_by_ops = True
 
-        return scored_ops.attention_scored(self, call, q, k, v, graph, bias, scale, negative_slope=negative_slope,
-                                           att=att, dropout_p=dropout_p, seed=seed)
-
-    # ---- the differentiable entry point attention() calls ----
     def attention(self, call: Call, q, k, v, graph, bias, scale: float, causal: bool):
-        """-> (out, lse); differentiable. Kernel backends go through graphattn's ops."""
-        from .. import ops
+        """-> (out, lse or None when call.return_lse is False); differentiable."""
+        raise NotImplementedError(self.name)
 
-        if call.pattern == "csr":
-            needs_grad = torch.is_grad_enabled() and any(
-                t is not None and t.requires_grad for t in (q, k, v, bias))
-            t = graph.transposed() if needs_grad else None
-            return ops.attention_csr(
-                q, k, v, bias, graph.rowptr, graph.col, graph.eid,
-                None if t is None else t.colptr, None if t is None else t.row, None if t is None else t.eid,
-                self.csr_plan(graph, needs_grad), scale, self.name)
-        if call.pattern == "segments":
-            return ops.attention_segments(q, k, v, graph.ptr, self.segment_plan(graph), scale, self.name)
-        return ops.attention_dense_nd(q, k, v, scale, causal, self.name)
+    def attention_extra(self, call: Call, q, k, v, graph, bias, scale: float, *, negative_slope: float,
+                        att, dropout_p: float, seed):
+        """-> (out, lse, alpha or None); differentiable. Only given calls whose score kind, dropout and
+        return_attention the backend declares. `seed`: the dropout seed [2] (graphattn/dropout.py), or None."""
+        raise NotImplementedError(self.name)

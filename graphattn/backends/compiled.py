@@ -7,6 +7,9 @@ import torch
 
 from .base import Backend
 
+# The C++ kernels take the score kind as this int (kDotScore, kGatScore, kGatv2Score in csrc/params.h).
+SCORE_CODES = {"dot": 0, "gat": 1, "gatv2": 2}
+
 
 def extension_error():
     """None when graphattn._C (the compiled kernels) loads, else why not."""
@@ -28,8 +31,6 @@ class CompiledBackend(Backend):
 
     def csr_scored_forward(self, q, k, v, rowptr, col, eid, bias, att, seed, score, scale, negative_slope,
                            dropout_p, return_alpha, plan):
-        from ..scored_ops import SCORE_CODES
-
         out, lse, alpha = torch.ops.graphattn.csr_scored_attention_forward(
             q, k, v, rowptr, col, eid, bias, att, seed, SCORE_CODES[score], scale, negative_slope, dropout_p,
             return_alpha)
@@ -38,8 +39,6 @@ class CompiledBackend(Backend):
     def csr_scored_backward(self, grad_out, grad_lse, grad_alpha, q, k, v, bias, att, seed, out, lse, rowptr, col,
                             eid, colptr, row_t, eid_t, score, scale, negative_slope, dropout_p, need_dbias,
                             need_datt, plan):
-        from ..scored_ops import SCORE_CODES
-
         dq, dk, dv, dbias, datt = torch.ops.graphattn.csr_scored_attention_backward(
             grad_out, grad_lse, grad_alpha, q, k, v, bias, att, seed, out, lse, rowptr, col, eid, colptr, row_t,
             eid_t, SCORE_CODES[score], scale, negative_slope, dropout_p, need_dbias, need_datt)

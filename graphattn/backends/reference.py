@@ -16,6 +16,7 @@ class ReferenceBackend(Backend):
     score_kinds = ("dot", "gat", "gatv2")
     supports_dropout = True
     supports_return_attention = True
+    autograd_by_ops = False  # differentiated by torch's autograd
 
     def attention_extra(self, call, q, k, v, graph, bias, scale, *, negative_slope, att, dropout_p, seed):
         """Score kinds, attention dropout and alpha on the edge list (csr pattern only), by autograd."""

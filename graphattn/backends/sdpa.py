@@ -36,6 +36,7 @@ class SdpaBackend(Backend):
     supports_bias = False
     # SDPA's CUDA backwards (flash / efficient) accumulate with atomics.
     deterministic_on = ("cpu",)
+    autograd_by_ops = False  # differentiated by torch's autograd
 
     def attention(self, call, q, k, v, graph, bias, scale, causal):
         out = F.scaled_dot_product_attention(

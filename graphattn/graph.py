@@ -10,14 +10,24 @@ A `Graph` is one of two kinds:
 
 All data-dependent work (sorting, counting, range checks) happens here, so the
 ops that consume a Graph have shapes that depend only on their inputs.
+
+Thread safety: one Graph may be shared by threads that call attention() at
+once. Its build-once caches (the transpose, is_complete, backend plans) are
+built under a per-graph lock, once, and every thread gets the same object.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
+
+# Graphs built while dynamo traces hold no lock of their own (dynamo cannot trace
+# creating one); should such a graph escape the compiled region, it uses this one.
+_SHARED_LOCK = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,38 @@ def _check_index_tensor(name: str, t, dim: int) -> None:
         raise ValueError(f"{name} must be {shape}, got shape {list(t.shape)}")
 
 
+def _check_range(name: str, idx: Tensor, n: int) -> None:
+    """IndexError unless every entry of `idx` is in [0, n)."""
+    if idx.numel() == 0:
+        return
+    lo, hi = (int(t) for t in torch.aminmax(idx))
+    if lo < 0 or hi >= n:
+        side = "k/v" if "sources" in name else "q"
+        raise IndexError(
+            f"{name} holds index {lo if lo < 0 else hi}, outside [0, {n}); every index must address a row "
+            f"of {side} (pass num_nodes=(N_src, N_dst) if the graph has more nodes)"
+        )
+
+
+# Under torch.compile the eager check above cannot run while tracing (it reads the
+# data), and a bare runtime assert would raise a generic error. This op does the same
+# check when the compiled graph runs and returns the int64 index the CSR build then
+# sorts and gathers: its output is consumed, so the compiler cannot drop it as dead
+# code, and it runs before any kernel reads rows through those indices. Its
+# implementation runs eagerly inside the compiled code, so the user sees this
+# IndexError itself. Eager calls do not go through it (no extra copy there).
+@torch.library.custom_op("graphattn::checked_index", mutates_args=())
+def checked_index(index: Tensor, size: int, name: str) -> Tensor:
+    """`index` as a new int64 tensor, after checking that every entry is in [0, size)."""
+    _check_range(name, index, size)
+    return index.to(torch.int64, copy=True)
+
+
+@checked_index.register_fake
+def _(index, size, name):
+    return index.new_empty(index.shape, dtype=torch.int64)
+
+
 def _counts_to_ptr(sorted_keys: torch.Tensor, n: int) -> torch.Tensor:
     """Offsets [n + 1] of each key's run in a sorted key vector."""
     keys = torch.arange(n + 1, device=sorted_keys.device, dtype=sorted_keys.dtype)
@@ -59,6 +101,7 @@ class Graph:
         self.ptr = ptr  # segments: [S + 1] int64
         self._transposed = None
         self._cache = {}  # backend schedules built from this pattern (see cached())
+        self._lock = None if torch.compiler.is_compiling() else threading.RLock()
 
     # ---- construction -------------------------------------------------
     @classmethod
@@ -71,17 +114,18 @@ class Graph:
         _check_index_tensor("edge_index", edge_index, 2)
         if edge_index.shape[0] != 2:
             raise ValueError(f"edge_index must be [2, E] (sources, targets), got shape {list(edge_index.shape)}")
-        src, dst = edge_index[0].long(), edge_index[1].long()
-        num_src, num_dst = cls._resolve_num_nodes(num_nodes, src, dst)
-        if edge_index.numel() and not torch.compiler.is_compiling():
-            for name, idx, n in (("edge_index[0] (sources)", src, num_src), ("edge_index[1] (targets)", dst, num_dst)):
-                lo, hi = int(idx.min()), int(idx.max())
-                if lo < 0 or hi >= n:
-                    raise IndexError(
-                        f"{name} holds index {lo if lo < 0 else hi}, outside [0, {n}); "
-                        f"every index must address a row of {'k/v' if 'sources' in name else 'q'} "
-                        f"(pass num_nodes=(N_src, N_dst) if the graph has more nodes)"
-                    )
+        if torch.compiler.is_compiling():
+            if num_nodes is None:
+                raise ValueError("under torch.compile, Graph.from_edge_index needs num_nodes (an int or "
+                                 "(N_src, N_dst)): the largest index is data the compiler cannot read")
+            num_src, num_dst = cls._resolve_num_nodes(num_nodes, None, None)
+            src = checked_index(edge_index[0], num_src, "edge_index[0] (sources)")
+            dst = checked_index(edge_index[1], num_dst, "edge_index[1] (targets)")
+        else:
+            src, dst = edge_index[0].long(), edge_index[1].long()
+            num_src, num_dst = cls._resolve_num_nodes(num_nodes, src, dst)
+            _check_range("edge_index[0] (sources)", src, num_src)
+            _check_range("edge_index[1] (targets)", dst, num_dst)
         dst_sorted, order = torch.sort(dst, stable=True)
         return cls(
             "csr", num_src, num_dst,
@@ -99,7 +143,8 @@ class Graph:
             sizes = tuple(num_nodes)
         else:
             raise TypeError(f"num_nodes must be None, an int or a pair (N_src, N_dst), got {num_nodes!r}")
-        if not all(isinstance(n, int) and n >= 0 for n in sizes):
+        # SymInt: under torch.compile with dynamic shapes the sizes come from q/k's symbolic shapes.
+        if not all(isinstance(n, (int, torch.SymInt)) and not isinstance(n, bool) and n >= 0 for n in sizes):
             raise ValueError(f"num_nodes must hold non-negative ints, got {num_nodes!r}")
         return sizes
 
@@ -191,20 +236,38 @@ class Graph:
         if self.kind != "csr":
             raise ValueError("transposed() is defined for edge-list graphs only")
         if self._transposed is None:
-            row = self.sorted_targets()
-            col_sorted, order = torch.sort(self.col, stable=True)
-            self._transposed = TransposedCSR(
-                colptr=_counts_to_ptr(col_sorted, self.num_src),
-                row=row[order].contiguous(),
-                eid=self.eid[order].contiguous(),
-            )
+            if torch.compiler.is_compiling():  # traced: one thread, and dynamo cannot trace a lock
+                self._transposed = self._build_transposed()
+            else:
+                with self._lock or _SHARED_LOCK:
+                    if self._transposed is None:  # another thread may have built it while we waited
+                        self._transposed = self._build_transposed()
         return self._transposed
 
+    def _build_transposed(self) -> TransposedCSR:
+        row = self.sorted_targets()
+        col_sorted, order = torch.sort(self.col, stable=True)
+        return TransposedCSR(
+            colptr=_counts_to_ptr(col_sorted, self.num_src),
+            row=row[order].contiguous(),
+            eid=self.eid[order].contiguous(),
+        )
+
     def cached(self, key, build):
-        """`build()` once per graph and key: backends keep their schedules here."""
-        if key not in self._cache:
+        """`build()` once per graph and key: backends keep their schedules here.
+
+        Bounded: the keys are a fixed set (is_complete and each backend's schedule
+        kinds), and the cache lives and dies with the graph. Thread-safe: concurrent
+        first calls build once (the lock is re-entrant: a build may call transposed())."""
+        if key in self._cache:  # entries are never removed, so a hit needs no lock
+            return self._cache[key]
+        if torch.compiler.is_compiling():
             self._cache[key] = build()
-        return self._cache[key]
+            return self._cache[key]
+        with self._lock or _SHARED_LOCK:
+            if key not in self._cache:
+                self._cache[key] = build()
+            return self._cache[key]
 
     def sorted_targets(self) -> torch.Tensor:
         """The target of each edge in target-sorted order, [E]."""
@@ -223,6 +286,17 @@ class Graph:
             t = self._transposed
             g._transposed = TransposedCSR(move(t.colptr), move(t.row), move(t.eid))
         return g
+
+    # A lock cannot be pickled or deep-copied (a model holding a Graph is copied by
+    # copy.deepcopy, DDP and torch.save); the copy gets a fresh lock of its own.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     def __repr__(self) -> str:
         if self.kind == "segments":

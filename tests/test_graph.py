@@ -95,3 +95,25 @@ def test_bad_ptr(ptr, words):
 def test_unsorted_batch_is_rejected():
     with pytest.raises(ValueError, match="sorted"):
         Graph.from_batch(torch.tensor([0, 1, 0]))
+
+
+def test_graph_survives_deepcopy_and_pickle_with_its_caches():
+    """A model holding a Graph is deep-copied (copy.deepcopy, DDP) and saved (torch.save): the
+    Graph's lock must not stop that, and the copy gets a lock of its own."""
+    import copy
+    import pickle
+
+    g = Graph.from_edge_index(random_edges(7, 5, 20, seed=4).cpu(), num_nodes=(7, 5))
+    t = g.transposed()
+    for h in (copy.deepcopy(g), pickle.loads(pickle.dumps(g))):
+        assert h._lock is not None and h._lock is not g._lock
+        assert torch.equal(h.col, g.col) and torch.equal(h.transposed().colptr, t.colptr)
+        assert h.cached("k", lambda: 1) == 1
+
+
+def test_cached_builds_once_per_key_and_keeps_it():
+    g = Graph.from_edge_index(torch.tensor([[0, 1], [1, 0]]))
+    calls = []
+    assert g.cached("a", lambda: calls.append(1) or [1]) is g.cached("a", lambda: calls.append(1) or [2])
+    assert calls == [1]
+    assert g.is_complete() is False and g.cached("is_complete", lambda: True) is False

@@ -7,6 +7,18 @@ from .. import dropout, reference
 from .base import Backend, stats_dtype
 
 
+def _checked_sources(graph):
+    """graph.col, after checking it addresses rows of k/v: torch's indexing would wrap a negative
+    index to the last rows silently. A Graph built by Graph.from_edge_index is checked already;
+    this catches one whose tensors were altered afterwards, as the C++ kernels do where they read."""
+    col = graph.col
+    if col.numel() and (int(col.min()) < 0 or int(col.max()) >= graph.num_src):
+        bad = int(col.min()) if int(col.min()) < 0 else int(col.max())
+        raise IndexError(f"graphattn: edge endpoint {bad} outside [0, {graph.num_src}); "
+                         "rebuild the Graph from a valid edge_index")
+    return col
+
+
 class ReferenceBackend(Backend):
     name = "reference"
     devices = ("cpu", "cuda")
@@ -28,7 +40,7 @@ class ReferenceBackend(Backend):
             keep = dropout.keep_mask(seed, graph.num_edges, q.shape[1], dropout_p)[graph.eid]
         edge_bias = None if bias is None else bias[graph.eid].to(acc)
         out, lse, alpha = reference.sparse_attention(
-            q.to(acc), k.to(acc), v.to(acc), graph.col, graph.sorted_targets(), edge_bias, scale,
+            q.to(acc), k.to(acc), v.to(acc), _checked_sources(graph), graph.sorted_targets(), edge_bias, scale,
             score=call.score, negative_slope=negative_slope, att=None if att is None else att.to(acc),
             dropout_p=dropout_p, dropout_mask=keep, return_attention=True)
         if call.return_attention:
@@ -49,7 +61,7 @@ class ReferenceBackend(Backend):
     def _attention(self, call, q, k, v, graph, bias, scale, causal):
         if call.pattern == "csr":
             edge_bias = None if bias is None else bias[graph.eid]
-            return reference.sparse_attention(q, k, v, graph.col, graph.sorted_targets(), edge_bias, scale)
+            return reference.sparse_attention(q, k, v, _checked_sources(graph), graph.sorted_targets(), edge_bias, scale)
         if call.pattern == "segments":
             return reference.segment_attention(q, k, v, graph.ptr, scale)
         return reference.dense_attention(q, k, v, scale, causal)

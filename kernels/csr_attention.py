@@ -65,6 +65,9 @@ import triton.language as tl
 
 from graphattn import dropout as _dropout
 
+# Imported for its effect under TRITON_INTERPRET=1 only: lets the interpreter take `range()`
+# bounds that are runtime values (the edge loops below); the compiled path never sees it.
+from . import interpreter_compat  # noqa: F401
 from .dropout_hash import dropout_keep
 
 __all__ = [
@@ -219,13 +222,20 @@ def _plan_items(plan, prefix, n_rows, what):
 # ---------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------
-# Every loop over a data-dependent edge range exists twice behind the constexpr
-# LOOP_WHILE: a plain `for ... in range(begin, end, BLOCK_E)` (compiled code:
-# scf.for, which Triton's software pipeliner can overlap) and an equivalent
-# `while` loop. The while form is used only under TRITON_INTERPRET=1, because
-# triton 3.6's interpreter cannot take `range()` bounds that are runtime values
-# with numpy >= 2.4 (triton-lang/triton#9171: `int()` of a 1-element array).
-# The loop bodies are shared @triton.jit helpers, so both forms run the same code.
+# Loops over a data-dependent edge range are plain `for e in range(begin, end, BLOCK_E)`
+# (scf.for when compiled, which Triton's software pipeliner can overlap). Triton 3.6's
+# interpreter cannot take such runtime bounds with numpy >= 2.4 (triton-lang/triton#9171);
+# kernels/interpreter_compat.py patches the interpreter for that, not the kernels.
+#
+# Masked edges (score -inf, from a -inf bias) and rows whose every edge is masked follow
+# the FlashAttention convention: the online softmax exponentiates against the row max with
+# -inf replaced by 0 (one select per row and block, not per edge), a row whose denominator
+# is 0 gets out 0 and lse -inf, and the passes that read lse (alpha, dQ, dK/dV) replace a
+# -inf lse by 0, so exp(s - lse) is exp(-inf) = 0 for every edge of such a row, never NaN.
+#
+# 64-bit offsets: every offset scaled by a row, edge, item or slot number is int64 (those
+# numbers are loaded from the int64 plan / index tensors, or cast). Offsets within one row
+# ((h, d) of [*, H, D]) stay int32: the launchers guarantee they fit (_fit_int32_rows).
 @triton.jit
 def _scores(row, tile, att, slope, SCORE: tl.constexpr):
     """[BLOCK_E, HB] scores of one row [HB, D_PAD] against a gathered tile [BLOCK_E, HB, D_PAD].
@@ -309,7 +319,7 @@ def _csr_fwd_kernel(
     stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_be, stride_bh,
     scale, att_ptr, seed_ptr, slope, drop_threshold, keep_scale,
     HAS_BIAS: tl.constexpr, HB: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
-    BLOCK_E: tl.constexpr, ITEMS_PER_PROG: tl.constexpr, LOOP_WHILE: tl.constexpr,
+    BLOCK_E: tl.constexpr, ITEMS_PER_PROG: tl.constexpr,
     SCORE: tl.constexpr, DROPOUT: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -327,7 +337,7 @@ def _csr_fwd_kernel(
     seed0, seed1 = _load_seed(seed_ptr, DROPOUT)
 
     for it in range(ITEMS_PER_PROG):
-        w = pid * ITEMS_PER_PROG + it
+        w = pid.to(tl.int64) * ITEMS_PER_PROG + it  # w * 4 may pass 2^31 (> 2^29 items)
         if w < n_items:
             row = tl.load(items_ptr + w * 4)
             e_begin = tl.load(items_ptr + w * 4 + 1)
@@ -338,22 +348,12 @@ def _csr_fwd_kernel(
             m_i = tl.full([HB], float("-inf"), tl.float32)
             l_i = tl.zeros([HB], tl.float32)
             acc = tl.zeros([HB, DV_PAD], tl.float32)
-            if LOOP_WHILE:
-                e = e_begin
-                while e < e_end:
-                    m_i, l_i, acc = _fwd_edge_block(
-                        e, e_end, m_i, l_i, acc, q, att, k_ptr, v_ptr, bias_ptr, col_ptr, eid_ptr,
-                        offs_e, offs_h, k_off, v_off, mask_h, mask_hd, mask_hdv,
-                        stride_kn, stride_vn, stride_be, stride_bh, slope, seed0, seed1, drop_threshold,
-                        HAS_BIAS, SCORE, DROPOUT)
-                    e += BLOCK_E
-            else:
-                for e in range(e_begin, e_end, BLOCK_E):
-                    m_i, l_i, acc = _fwd_edge_block(
-                        e, e_end, m_i, l_i, acc, q, att, k_ptr, v_ptr, bias_ptr, col_ptr, eid_ptr,
-                        offs_e, offs_h, k_off, v_off, mask_h, mask_hd, mask_hdv,
-                        stride_kn, stride_vn, stride_be, stride_bh, slope, seed0, seed1, drop_threshold,
-                        HAS_BIAS, SCORE, DROPOUT)
+            for e in range(e_begin, e_end, BLOCK_E):
+                m_i, l_i, acc = _fwd_edge_block(
+                    e, e_end, m_i, l_i, acc, q, att, k_ptr, v_ptr, bias_ptr, col_ptr, eid_ptr,
+                    offs_e, offs_h, k_off, v_off, mask_h, mask_hd, mask_hdv,
+                    stride_kn, stride_vn, stride_be, stride_bh, slope, seed0, seed1, drop_threshold,
+                    HAS_BIAS, SCORE, DROPOUT)
             nonempty = l_i > 0.0
             l_safe = tl.where(nonempty, l_i, 1.0)
             if DROPOUT:
@@ -403,7 +403,7 @@ def _csr_alpha_kernel(
     stride_qn, stride_qh, stride_kn, stride_kh, stride_be, stride_bh,
     scale, att_ptr, seed_ptr, slope, drop_threshold, keep_scale,
     HAS_BIAS: tl.constexpr, HB: tl.constexpr, D_PAD: tl.constexpr,
-    BLOCK_E: tl.constexpr, ITEMS_PER_PROG: tl.constexpr, LOOP_WHILE: tl.constexpr,
+    BLOCK_E: tl.constexpr, ITEMS_PER_PROG: tl.constexpr,
     SCORE: tl.constexpr, DROPOUT: tl.constexpr,
 ):
     """The attention weights in edge_index column order, from the final lse: a second pass over the
@@ -419,7 +419,7 @@ def _csr_alpha_kernel(
     seed0, seed1 = _load_seed(seed_ptr, DROPOUT)
 
     for it in range(ITEMS_PER_PROG):
-        w = pid * ITEMS_PER_PROG + it
+        w = pid.to(tl.int64) * ITEMS_PER_PROG + it
         if w < n_items:
             row = tl.load(items_ptr + w * 4)
             e_begin = tl.load(items_ptr + w * 4 + 1)
@@ -428,22 +428,12 @@ def _csr_alpha_kernel(
                         mask=mask_hd, other=0.0).to(tl.float32) * scale
             lse = tl.load(lse_ptr + row * H + offs_h, mask=mask_h, other=0.0)
             lse = tl.where(lse == float("-inf"), 0.0, lse)  # every score -inf: p = 0, not NaN
-            if LOOP_WHILE:
-                e = e_begin
-                while e < e_end:
-                    _alpha_edge_block(
-                        e, e_end, q, att, lse, k_ptr, bias_ptr, alpha_ptr, col_ptr, eid_ptr,
-                        offs_e, offs_h, k_off, mask_h, mask_hd,
-                        H, stride_kn, stride_be, stride_bh, slope, seed0, seed1, drop_threshold, keep_scale,
-                        HAS_BIAS, SCORE, DROPOUT)
-                    e += BLOCK_E
-            else:
-                for e in range(e_begin, e_end, BLOCK_E):
-                    _alpha_edge_block(
-                        e, e_end, q, att, lse, k_ptr, bias_ptr, alpha_ptr, col_ptr, eid_ptr,
-                        offs_e, offs_h, k_off, mask_h, mask_hd,
-                        H, stride_kn, stride_be, stride_bh, slope, seed0, seed1, drop_threshold, keep_scale,
-                        HAS_BIAS, SCORE, DROPOUT)
+            for e in range(e_begin, e_end, BLOCK_E):
+                _alpha_edge_block(
+                    e, e_end, q, att, lse, k_ptr, bias_ptr, alpha_ptr, col_ptr, eid_ptr,
+                    offs_e, offs_h, k_off, mask_h, mask_hd,
+                    H, stride_kn, stride_be, stride_bh, slope, seed0, seed1, drop_threshold, keep_scale,
+                    HAS_BIAS, SCORE, DROPOUT)
 
 
 @triton.jit
@@ -464,7 +454,7 @@ def _lse_merge_step(s, m, l, acc, part_out_ptr, part_lse_ptr, H, DV, offs_h, o_o
 def _csr_fwd_merge_kernel(
     part_out_ptr, part_lse_ptr, out_ptr, lse_ptr, merge_rows_ptr, merge_ptr_ptr,
     H, DV,
-    HB: tl.constexpr, DV_PAD: tl.constexpr, LOOP_WHILE: tl.constexpr,
+    HB: tl.constexpr, DV_PAD: tl.constexpr,
 ):
     """out/lse of a hub row from its chunks' normalised partials, combined through their lse."""
     r = tl.program_id(0)
@@ -479,16 +469,9 @@ def _csr_fwd_merge_kernel(
     m = tl.full([HB], float("-inf"), tl.float32)
     l = tl.zeros([HB], tl.float32)
     acc = tl.zeros([HB, DV_PAD], tl.float32)
-    if LOOP_WHILE:
-        s = s_begin
-        while s < s_end:
-            m, l, acc = _lse_merge_step(s, m, l, acc, part_out_ptr, part_lse_ptr, H, DV, offs_h, o_off,
-                                        mask_h, mask_hdv)
-            s += 1
-    else:
-        for s in range(s_begin, s_end):
-            m, l, acc = _lse_merge_step(s, m, l, acc, part_out_ptr, part_lse_ptr, H, DV, offs_h, o_off,
-                                        mask_h, mask_hdv)
+    for s in range(s_begin, s_end):
+        m, l, acc = _lse_merge_step(s, m, l, acc, part_out_ptr, part_lse_ptr, H, DV, offs_h, o_off,
+                                    mask_h, mask_hdv)
     nonempty = l > 0.0
     l_safe = tl.where(nonempty, l, 1.0)
     tl.store(out_ptr + row * (H * DV) + o_off, (acc / l_safe[:, None]).to(out_ptr.dtype.element_ty),
@@ -505,7 +488,7 @@ def _bwd_delta_kernel(
     HAS_GLSE: tl.constexpr, BLOCK_R: tl.constexpr, HB: tl.constexpr, DV_PAD: tl.constexpr,
 ):
     """delta[i, h] = sum_d out[i,h,d] * grad_out[i,h,d] - grad_lse[i,h]."""
-    rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_h = tl.program_id(1) * HB + tl.arange(0, HB)
     offs_dv = tl.arange(0, DV_PAD)
     mask_rh = (rows[:, None] < N) & (offs_h[None, :] < H)
@@ -593,7 +576,7 @@ def _csr_bwd_dq_kernel(
     stride_don, stride_doh,
     scale, att_ptr, seed_ptr, galpha_ptr, datt_part_ptr, n_rows, slope, drop_threshold, keep_scale,
     HAS_BIAS: tl.constexpr, NEED_DBIAS: tl.constexpr, NEED_EID: tl.constexpr, HB: tl.constexpr,
-    D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_E: tl.constexpr, ITEMS_PER_PROG: tl.constexpr, LOOP_WHILE: tl.constexpr,
+    D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_E: tl.constexpr, ITEMS_PER_PROG: tl.constexpr,
     SCORE: tl.constexpr, DROPOUT: tl.constexpr, HAS_GRAD_ALPHA: tl.constexpr, NEED_DATT: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -611,7 +594,7 @@ def _csr_bwd_dq_kernel(
     seed0, seed1 = _load_seed(seed_ptr, DROPOUT)
 
     for it in range(ITEMS_PER_PROG):
-        w = pid * ITEMS_PER_PROG + it
+        w = pid.to(tl.int64) * ITEMS_PER_PROG + it
         if w < n_items:
             row = tl.load(items_ptr + w * 4)
             e_begin = tl.load(items_ptr + w * 4 + 1)
@@ -626,22 +609,12 @@ def _csr_bwd_dq_kernel(
             delta = tl.load(delta_ptr + row * H + offs_h, mask=mask_h, other=0.0)
             acc = tl.zeros([HB, D_PAD], tl.float32)
             acc_att = tl.zeros([HB, D_PAD], tl.float32)
-            if LOOP_WHILE:
-                e = e_begin
-                while e < e_end:
-                    acc, acc_att = _dq_edge_block(
-                        e, e_end, acc, acc_att, q, att, do, lse, delta, k_ptr, v_ptr, bias_ptr, dbias_ptr,
-                        galpha_ptr, col_ptr, eid_ptr, offs_e, offs_h, k_off, v_off, mask_h, mask_hd, mask_hdv,
-                        H, stride_kn, stride_vn, stride_be, stride_bh, slope, seed0, seed1, drop_threshold,
-                        keep_scale, HAS_BIAS, NEED_DBIAS, NEED_EID, SCORE, DROPOUT, HAS_GRAD_ALPHA, NEED_DATT)
-                    e += BLOCK_E
-            else:
-                for e in range(e_begin, e_end, BLOCK_E):
-                    acc, acc_att = _dq_edge_block(
-                        e, e_end, acc, acc_att, q, att, do, lse, delta, k_ptr, v_ptr, bias_ptr, dbias_ptr,
-                        galpha_ptr, col_ptr, eid_ptr, offs_e, offs_h, k_off, v_off, mask_h, mask_hd, mask_hdv,
-                        H, stride_kn, stride_vn, stride_be, stride_bh, slope, seed0, seed1, drop_threshold,
-                        keep_scale, HAS_BIAS, NEED_DBIAS, NEED_EID, SCORE, DROPOUT, HAS_GRAD_ALPHA, NEED_DATT)
+            for e in range(e_begin, e_end, BLOCK_E):
+                acc, acc_att = _dq_edge_block(
+                    e, e_end, acc, acc_att, q, att, do, lse, delta, k_ptr, v_ptr, bias_ptr, dbias_ptr,
+                    galpha_ptr, col_ptr, eid_ptr, offs_e, offs_h, k_off, v_off, mask_h, mask_hd, mask_hdv,
+                    H, stride_kn, stride_vn, stride_be, stride_bh, slope, seed0, seed1, drop_threshold,
+                    keep_scale, HAS_BIAS, NEED_DBIAS, NEED_EID, SCORE, DROPOUT, HAS_GRAD_ALPHA, NEED_DATT)
             if SCORE == 0:
                 acc = acc * scale
             else:
@@ -711,7 +684,7 @@ def _csr_bwd_dkdv_kernel(
     stride_don, stride_doh,
     scale, att_ptr, seed_ptr, galpha_ptr, slope, drop_threshold, keep_scale,
     HAS_BIAS: tl.constexpr, HB: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
-    BLOCK_E: tl.constexpr, ITEMS_PER_PROG: tl.constexpr, LOOP_WHILE: tl.constexpr,
+    BLOCK_E: tl.constexpr, ITEMS_PER_PROG: tl.constexpr,
     NEED_EID: tl.constexpr, SCORE: tl.constexpr, DROPOUT: tl.constexpr, HAS_GRAD_ALPHA: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -730,7 +703,7 @@ def _csr_bwd_dkdv_kernel(
     seed0, seed1 = _load_seed(seed_ptr, DROPOUT)
 
     for it in range(ITEMS_PER_PROG):
-        w = pid * ITEMS_PER_PROG + it
+        w = pid.to(tl.int64) * ITEMS_PER_PROG + it
         if w < n_items:
             src = tl.load(items_ptr + w * 4)
             t_begin = tl.load(items_ptr + w * 4 + 1)
@@ -742,22 +715,12 @@ def _csr_bwd_dkdv_kernel(
                          mask=mask_hdv, other=0.0).to(tl.float32)
             acc_k = tl.zeros([HB, D_PAD], tl.float32)
             acc_v = tl.zeros([HB, DV_PAD], tl.float32)
-            if LOOP_WHILE:
-                t = t_begin
-                while t < t_end:
-                    acc_k, acc_v = _dkdv_edge_block(
-                        t, t_end, acc_k, acc_v, kj, vj, att, q_ptr, do_ptr, lse_ptr, delta_ptr, bias_ptr,
-                        galpha_ptr, row_ptr, eid_ptr, offs_e, offs_h, q_off, do_off, mask_h, mask_hd, mask_hdv,
-                        H, stride_qn, stride_don, stride_be, stride_bh, slope, seed0, seed1, drop_threshold,
-                        keep_scale, HAS_BIAS, NEED_EID, SCORE, DROPOUT, HAS_GRAD_ALPHA)
-                    t += BLOCK_E
-            else:
-                for t in range(t_begin, t_end, BLOCK_E):
-                    acc_k, acc_v = _dkdv_edge_block(
-                        t, t_end, acc_k, acc_v, kj, vj, att, q_ptr, do_ptr, lse_ptr, delta_ptr, bias_ptr,
-                        galpha_ptr, row_ptr, eid_ptr, offs_e, offs_h, q_off, do_off, mask_h, mask_hd, mask_hdv,
-                        H, stride_qn, stride_don, stride_be, stride_bh, slope, seed0, seed1, drop_threshold,
-                        keep_scale, HAS_BIAS, NEED_EID, SCORE, DROPOUT, HAS_GRAD_ALPHA)
+            for t in range(t_begin, t_end, BLOCK_E):
+                acc_k, acc_v = _dkdv_edge_block(
+                    t, t_end, acc_k, acc_v, kj, vj, att, q_ptr, do_ptr, lse_ptr, delta_ptr, bias_ptr,
+                    galpha_ptr, row_ptr, eid_ptr, offs_e, offs_h, q_off, do_off, mask_h, mask_hd, mask_hdv,
+                    H, stride_qn, stride_don, stride_be, stride_bh, slope, seed0, seed1, drop_threshold,
+                    keep_scale, HAS_BIAS, NEED_EID, SCORE, DROPOUT, HAS_GRAD_ALPHA)
             if SCORE == 0:
                 acc_k = acc_k * scale
             else:
@@ -775,7 +738,7 @@ def _csr_bwd_dkdv_kernel(
 @triton.jit
 def _sum_merge_kernel(
     part_ptr, dst_ptr, merge_rows_ptr, merge_ptr_ptr, ROW_ELEMS,
-    BLOCK: tl.constexpr, LOOP_WHILE: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """dst[row] = sum of the hub's partial rows (float32, in slot order)."""
     r = tl.program_id(0)
@@ -785,18 +748,9 @@ def _sum_merge_kernel(
     s_begin = tl.load(merge_ptr_ptr + r)
     s_end = tl.load(merge_ptr_ptr + r + 1)
     acc = tl.zeros([BLOCK], tl.float32)
-    if LOOP_WHILE:
-        s = s_begin
-        while s < s_end:
-            acc += tl.load(part_ptr + s * ROW_ELEMS + offs, mask=mask, other=0.0)
-            s += 1
-    else:
-        for s in range(s_begin, s_end):
-            acc += tl.load(part_ptr + s * ROW_ELEMS + offs, mask=mask, other=0.0)
+    for s in range(s_begin, s_end):
+        acc += tl.load(part_ptr + s * ROW_ELEMS + offs, mask=mask, other=0.0)
     tl.store(dst_ptr + row * ROW_ELEMS + offs, acc.to(dst_ptr.dtype.element_ty), mask=mask)
-
-# TRITON_INTERPRET=1 at import makes triton.jit return an InterpretedFunction.
-_INTERPRETED = type(_csr_fwd_kernel).__name__ == "InterpretedFunction"
 
 
 # ---------------------------------------------------------------------------
@@ -851,11 +805,40 @@ def _check_inputs(q, k, v, bias, n_edges):
         if bias.dim() != 2 or bias.shape[1] != q.shape[1] or bias.shape[0] != n_edges:
             raise ValueError(f"bias must be [E, H] or [E] with E = {n_edges}, H = {q.shape[1]}, "
                              f"got {list(bias.shape)}")
+        bias = _fit_int32_rows(bias, "bias")
     return bias
 
 
-def _last_dim_contiguous(t):
-    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+_INT32_LIMIT = 2**31
+# The largest H * max(D, Dv) the kernels take (offsets within one row are int32).
+MAX_ROW_ELEMENTS = _INT32_LIMIT
+
+
+def _row_span(t):
+    """Largest element offset within one row t[i] (all dims but the first)."""
+    return sum((n - 1) * abs(st) for n, st in zip(t.shape[1:], t.stride()[1:]) if n > 1)
+
+
+def _fit_int32_rows(t, name):
+    """``t`` with offsets within one row that fit in int32 (copied when they do not).
+
+    The kernels address ``t[i]`` as an int64 row offset (``i * stride(0)``, ``i`` a row, edge
+    or slot number) plus int32 offsets inside the row (``h * stride(1) + d``): int32 keeps
+    the per-element offset tensors at one register each. A view whose inner strides are
+    huge (e.g. [N, H, D] transposed from [H, N, D], or a [E, H] bias from a [H, E] one, with
+    N * D * H > 2^31) is copied to a contiguous tensor, whose rows span H * D elements.
+    """
+    if _row_span(t) < _INT32_LIMIT:
+        return t
+    t = t.contiguous()
+    if _row_span(t) >= _INT32_LIMIT:
+        raise ValueError(f"{name}: one row has {t[0].numel()} elements; the Triton kernels take at most 2^31")
+    return t
+
+
+def _last_dim_contiguous(t, name="input"):
+    t = t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+    return _fit_int32_rows(t, name)
 
 
 def _or_dummy(t, dummy):
@@ -958,7 +941,7 @@ def csr_scored_attention_forward(q, k, v, rowptr, col, eid, bias, att, seed, sco
 def _forward(q, k, v, rowptr, col, eid, bias, scale, plan, extras, return_alpha):
     bias = _check_inputs(q, k, v, bias, col.numel())
     col, eid = _index(col), _index(eid)
-    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    q, k, v = (_last_dim_contiguous(t, name) for t, name in ((q, "q"), (k, "k"), (v, "v")))
     n_dst, H, D = q.shape
     DV = v.shape[2]
     E = col.numel()
@@ -1000,14 +983,14 @@ def _forward(q, k, v, rowptr, col, eid, bias, scale, plan, extras, return_alpha)
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), sb[0], sb[1],
             scale, att_t, seed_t, extras.slope, extras.threshold, extras.keep_scale,
             HAS_BIAS=has_bias, HB=hb, D_PAD=d_pad, DV_PAD=dv_pad,
-            BLOCK_E=block_e, ITEMS_PER_PROG=ipp, LOOP_WHILE=_INTERPRETED,
+            BLOCK_E=block_e, ITEMS_PER_PROG=ipp,
             SCORE=extras.code, DROPOUT=extras.dropout, num_warps=num_warps,
         )
     n_hubs = plan["merge_rows"].shape[0]
     if n_hubs:
         _csr_fwd_merge_kernel[(n_hubs, n_hb)](
             part_out, part_lse, out, lse, plan["merge_rows"], plan["merge_ptr"], H, DV,
-            HB=hb, DV_PAD=dv_pad, LOOP_WHILE=_INTERPRETED, num_warps=4 if hb * dv_pad >= 1024 else 2,
+            HB=hb, DV_PAD=dv_pad, num_warps=4 if hb * dv_pad >= 1024 else 2,
         )
     if return_alpha and E > 0:
         # After the merge: every item, hub chunk or whole row, needs its row's final lse.
@@ -1022,7 +1005,7 @@ def _forward(q, k, v, rowptr, col, eid, bias, scale, plan, extras, return_alpha)
                 q.stride(0), q.stride(1), k.stride(0), k.stride(1), sb[0], sb[1],
                 scale, att_t, seed_t, extras.slope, extras.threshold, extras.keep_scale,
                 HAS_BIAS=has_bias, HB=hb, D_PAD=d_pad, BLOCK_E=block_e, ITEMS_PER_PROG=ipp,
-                LOOP_WHILE=_INTERPRETED, SCORE=extras.code, DROPOUT=extras.dropout, num_warps=num_warps,
+                SCORE=extras.code, DROPOUT=extras.dropout, num_warps=num_warps,
             )
     return out, lse, alpha
 
@@ -1034,7 +1017,7 @@ def _merge_sum(part, dst, plan, prefix, row_elems):
     block = min(1024, triton.next_power_of_2(row_elems))
     _sum_merge_kernel[(n_hubs, triton.cdiv(row_elems, block))](
         part, dst, plan[f"{prefix}merge_rows"], plan[f"{prefix}merge_ptr"], row_elems,
-        BLOCK=block, LOOP_WHILE=_INTERPRETED, num_warps=4 if block >= 512 else 1,
+        BLOCK=block, num_warps=4 if block >= 512 else 1,
     )
 
 
@@ -1079,7 +1062,7 @@ def _backward(grad_out, grad_lse, grad_alpha, q, k, v, bias, out, lse, rowptr, c
               colptr, row_t, eid_t, scale, need_dbias, need_datt, plan, extras):
     bias = _check_inputs(q, k, v, bias, col.numel())
     col, eid, row_t, eid_t = _index(col), _index(eid), _index(row_t), _index(eid_t)
-    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    q, k, v = (_last_dim_contiguous(t, name) for t, name in ((q, "q"), (k, "k"), (v, "v")))
     n_dst, H, D = q.shape
     n_src = k.shape[0]
     DV = v.shape[2]
@@ -1108,13 +1091,13 @@ def _backward(grad_out, grad_lse, grad_alpha, q, k, v, bias, out, lse, rowptr, c
         raise ValueError(f"grad_out must be [{n_dst}, {H}, {DV}], got {list(grad_out.shape)}")
     if grad_alpha is not None and tuple(grad_alpha.shape) != (E, H):
         raise ValueError(f"grad_alpha must be [{E}, {H}], got {list(grad_alpha.shape)}")
-    grad_out = _last_dim_contiguous(grad_out)
+    grad_out = _last_dim_contiguous(grad_out, "grad_out")
     if grad_out.dtype != q.dtype:
         grad_out = grad_out.to(q.dtype)
-    out = _last_dim_contiguous(out)
+    out = _last_dim_contiguous(out, "out")
     has_glse = grad_lse is not None
     if has_glse:
-        grad_lse = grad_lse.to(torch.float32)
+        grad_lse = _fit_int32_rows(grad_lse.to(torch.float32), "grad_lse")
     lse = lse.to(torch.float32).contiguous()
 
     dummy = torch.empty(1, dtype=torch.float32, device=device)
@@ -1168,7 +1151,7 @@ def _backward(grad_out, grad_lse, grad_alpha, q, k, v, bias, out, lse, rowptr, c
                 H, D, DV, *common_strides, *extra_args, datt_part, n_dst,
                 extras.slope, extras.threshold, extras.keep_scale,
                 HAS_BIAS=has_bias, NEED_DBIAS=need_db, NEED_EID=need_eid or need_db, HB=hb,
-                D_PAD=d_pad, DV_PAD=dv_pad, BLOCK_E=block_e, ITEMS_PER_PROG=ipp, LOOP_WHILE=_INTERPRETED,
+                D_PAD=d_pad, DV_PAD=dv_pad, BLOCK_E=block_e, ITEMS_PER_PROG=ipp,
                 NEED_DATT=need_da, **extra_flags, num_warps=num_warps,
             )
         _merge_sum(part, dq, plan, "", H * D)
@@ -1191,7 +1174,7 @@ def _backward(grad_out, grad_lse, grad_alpha, q, k, v, bias, out, lse, rowptr, c
                 H, D, DV, *common_strides, *extra_args,
                 extras.slope, extras.threshold, extras.keep_scale,
                 HAS_BIAS=has_bias, HB=hb, D_PAD=d_pad, DV_PAD=dv_pad,
-                BLOCK_E=block_e, ITEMS_PER_PROG=ipp, LOOP_WHILE=_INTERPRETED,
+                BLOCK_E=block_e, ITEMS_PER_PROG=ipp,
                 NEED_EID=need_eid, **extra_flags, num_warps=num_warps,
             )
         _merge_sum(part_k, dk, plan, "t_", H * D)

@@ -31,7 +31,14 @@ Head dims ``D`` and ``Dv`` may be any size 1..256 and may differ: tiles are padd
 to a power of two >= 16 and masked. All strides are passed to the kernels (inputs
 are never copied) except that the last dim must have stride 1 (a tensor that does
 not is made contiguous). Pointer offsets that can exceed 2**31 are computed in
-int64.
+int64: every tile's base offset (batch, head, first row, segment start); offsets
+inside a tile stay int32, which the launchers guarantee (``_kernel_layout``).
+
+A row whose lse is -inf is a row without any key (the convention of every pattern;
+a zero-length key sequence is answered by the launchers without a kernel): the
+backward gives it P = 0, never NaN. The forward
+never meets a row whose every score is masked: the first key tile it visits holds key
+0, which every row may see (causal included), so the running max is finite after it.
 
 This module imports only torch and triton (it is installed as ``graphattn.kernels``).
 """
@@ -435,6 +442,9 @@ def _bwd_dkdv_inner(
                 do = tl.load(do_base + start64 * sdom + do_offs, mask=dv_ok[None, :], other=0.0)
             lse = tl.load(l_base + (start64 + offs_m) * slm)
             delta = tl.load(dl_base + (start64 + offs_m) * sdlm)
+        # A row without any key has lse -inf (exp(s - lse) would be inf, then NaN): +inf stands
+        # in for it as for the padded rows, so its P is 0. One select per query row and tile.
+        lse = tl.where(lse == float("-inf"), float("inf"), lse)
         # P^T = exp(S^T - lse), recomputed in the log2 domain
         qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PREC)
         sT = qkT * qk_scale - (lse * 1.4426950408889634)[None, :]
@@ -668,8 +678,9 @@ def _bwd_dq_kernel(
     q = tl.load(q_base + offs_m[:, None] * sqm + offs_d[None, :], mask=q_mask, other=0.0)
     do = tl.load(do_base + offs_m[:, None] * sdom + offs_dv[None, :],
                  mask=row_ok[:, None] & (offs_dv < DV)[None, :], other=0.0)
-    # rows past len_q: lse = +inf makes their P exactly 0
-    lse2 = tl.load(l_base + offs_m * slm, mask=row_ok, other=float("inf")) * 1.4426950408889634
+    # rows past len_q, and rows without any key (lse -inf): lse = +inf makes their P exactly 0
+    lse = tl.load(l_base + offs_m * slm, mask=row_ok, other=float("inf"))
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
     delta = tl.load(dl_base + offs_m * sdlm, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
@@ -722,9 +733,29 @@ def _dot_precision(dtype):
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _lastdim_unit(t):
-    """The kernels assume stride 1 on the last dim; copy only a tensor that lacks it."""
-    if t.shape[-1] > 1 and t.stride(-1) != 1:
+# The largest tile, in rows of the sequence (node) dim: dense BLOCK_M / BLOCK_N <= 128,
+# segment block_m <= 256.
+_MAX_TILE_ROWS = 256
+_INT32_LIMIT = 2**31
+# The largest H * max(D, Dv) the kernels take: a tile's int32 element offsets reach
+# _MAX_TILE_ROWS contiguous rows of it (see _kernel_layout).
+MAX_ROW_ELEMENTS = (_INT32_LIMIT - MAX_HEAD_DIM) // _MAX_TILE_ROWS - 1
+
+
+def _kernel_layout(t, row_dim=-3):
+    """``t`` as the kernels address it; copied only when it is not already so.
+
+    * q, k, v, out, grad_out (``row_dim=-3``): stride 1 on the last dim.
+    * 64-bit offsets: a tile's base (batch, head, first row: ``b * sb + h * sh + m * sm``) is
+      computed in int64, the offsets of its elements (``r * sm + d`` for r < the tile's rows)
+      in int32 (one register each, as the dots and loads of the hot loops want them). Those
+      must fit: ``_MAX_TILE_ROWS * stride(row_dim)`` < 2^31. A view with a huge row stride
+      (e.g. sequence-first [L, B, H, D] permuted to [B, L, H, D] with B * H * D > 2^23) is
+      copied to a contiguous tensor, whose row stride H * D fits (_check_qkv).
+    """
+    bad_last = row_dim == -3 and t.shape[-1] > 1 and t.stride(-1) != 1
+    row_stride = abs(t.stride(row_dim)) if t.shape[row_dim] > 1 else 0
+    if bad_last or _MAX_TILE_ROWS * row_stride + MAX_HEAD_DIM >= _INT32_LIMIT:
         return t.contiguous()
     return t
 
@@ -746,6 +777,10 @@ def _check_qkv(q, k, v, rank, what):
         raise ValueError(f"{what}: k head dim {k.shape[-1]} != q head dim {d}")
     if not (1 <= d <= MAX_HEAD_DIM and 1 <= dv <= MAX_HEAD_DIM):
         raise ValueError(f"{what}: head dims must be in 1..{MAX_HEAD_DIM}, got D={d}, Dv={dv}")
+    heads = q.shape[-2]
+    if heads * max(d, dv) > MAX_ROW_ELEMENTS:  # see _kernel_layout
+        raise ValueError(f"{what}: H * head dim = {heads} * {max(d, dv)} is too large for the Triton kernels "
+                         f"(at most {MAX_ROW_ELEMENTS})")
 
 
 def _scale_of(scale, d):
@@ -824,7 +859,7 @@ def dense_attention_forward(q, k, v, scale, causal):
     if k.shape[:3] != (B, Lk, H) or v.shape[:3] != (B, Lk, H):
         raise ValueError(f"dense_attention_forward: shapes q {tuple(q.shape)}, k {tuple(k.shape)}, "
                          f"v {tuple(v.shape)} do not match [B, Lq, H, D], [B, Lk, H, D], [B, Lk, H, Dv]")
-    q, k, v = _lastdim_unit(q), _lastdim_unit(k), _lastdim_unit(v)
+    q, k, v = _kernel_layout(q), _kernel_layout(k), _kernel_layout(v)
     scale = _scale_of(scale, D)
     out = torch.empty((B, Lq, H, Dv), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, Lq, H), device=q.device, dtype=torch.float32)
@@ -863,8 +898,9 @@ def dense_attention_backward(grad_out, grad_lse, q, k, v, out, lse, scale, causa
                          f"{(B, Lq, H, Dv)}, got {tuple(grad_out.shape)} and {tuple(out.shape)}")
     if lse.shape != (B, Lq, H):
         raise ValueError(f"dense_attention_backward: lse must have shape {(B, Lq, H)}, got {tuple(lse.shape)}")
-    q, k, v = _lastdim_unit(q), _lastdim_unit(k), _lastdim_unit(v)
-    out, grad_out = _lastdim_unit(out), _lastdim_unit(grad_out.to(q.dtype))
+    q, k, v = _kernel_layout(q), _kernel_layout(k), _kernel_layout(v)
+    out, grad_out = _kernel_layout(out), _kernel_layout(grad_out.to(q.dtype))
+    lse = _kernel_layout(lse, row_dim=-2)
     grad_lse = _glse_or_none(grad_lse, lse)
     scale = _scale_of(scale, D)
     dq = torch.empty((B, Lq, H, D), device=q.device, dtype=q.dtype)
@@ -908,7 +944,8 @@ def dense_attention_backward(grad_out, grad_lse, q, k, v, out, lse, scale, causa
 
 
 def build_segment_plan(ptr, BLOCK_M=SEGMENT_BLOCK_M, *, num_nodes=None):
-    """Tile schedule for segment attention: int32 tensor ``[T, 2]`` on ptr's device.
+    """Tile schedule for segment attention: int32 tensor ``[T, 2]`` on ptr's device (int64
+    when there are 2^31 nodes or more).
 
     Row ``t`` is ``(segment s, first node of the tile)``; the tile covers nodes
     ``[start, min(start + BLOCK_M, ptr[s + 1]))``. Every non-empty segment gets
@@ -937,7 +974,9 @@ def build_segment_plan(ptr, BLOCK_M=SEGMENT_BLOCK_M, *, num_nodes=None):
     first = torch.cumsum(nblk, 0) - nblk
     start = p[seg] + (torch.arange(total, dtype=torch.int64) - first[seg]) * BLOCK_M
     order = torch.sort(sizes[seg], descending=True, stable=True).indices
-    plan = torch.stack([seg[order], start[order]], dim=1).to(torch.int32)
+    # int32 halves the table; node numbers from 2^31 on need int64 (the kernels read either).
+    index_dtype = torch.int32 if int(p[-1]) < _INT32_LIMIT else torch.int64
+    plan = torch.stack([seg[order], start[order]], dim=1).to(index_dtype)
     return plan.to(ptr.device)
 
 
@@ -954,8 +993,8 @@ def _seg_prepare(q, k, v, ptr, plan, block_m, what):
         raise ValueError(f"{what}: block_m must be a power of two in 16..256, got {block_m}")
     if plan is None:
         plan = build_segment_plan(ptr, block_m, num_nodes=N)
-    if plan.dtype != torch.int32 or plan.dim() != 2 or plan.shape[1] != 2:
-        raise ValueError(f"{what}: plan must be the int32 [T, 2] tensor from build_segment_plan")
+    if plan.dtype not in (torch.int32, torch.int64) or plan.dim() != 2 or plan.shape[1] != 2:
+        raise ValueError(f"{what}: plan must be the int32 (int64) [T, 2] tensor from build_segment_plan")
     ptr = ptr.to(device=q.device, dtype=torch.int64)
     plan = plan.to(q.device)
     return ptr, plan, block_m
@@ -974,7 +1013,7 @@ def segment_attention_forward(q, k, v, ptr, scale, *, plan=None, block_m=None):
     """
     what = "segment_attention_forward"
     ptr, plan, block_m = _seg_prepare(q, k, v, ptr, plan, block_m, what)
-    q, k, v = _lastdim_unit(q), _lastdim_unit(k), _lastdim_unit(v)
+    q, k, v = _kernel_layout(q), _kernel_layout(k), _kernel_layout(v)
     N, H, D = q.shape
     Dv = v.shape[-1]
     scale = _scale_of(scale, D)
@@ -1007,8 +1046,9 @@ def segment_attention_backward(grad_out, grad_lse, q, k, v, out, lse, ptr, scale
                          f"got {tuple(grad_out.shape)} and {tuple(out.shape)}")
     if lse.shape != (N, H):
         raise ValueError(f"{what}: lse must have shape {(N, H)}, got {tuple(lse.shape)}")
-    q, k, v = _lastdim_unit(q), _lastdim_unit(k), _lastdim_unit(v)
-    out, grad_out = _lastdim_unit(out), _lastdim_unit(grad_out.to(q.dtype))
+    q, k, v = _kernel_layout(q), _kernel_layout(k), _kernel_layout(v)
+    out, grad_out = _kernel_layout(out), _kernel_layout(grad_out.to(q.dtype))
+    lse = _kernel_layout(lse, row_dim=-2)
     grad_lse = _glse_or_none(grad_lse, lse)
     scale = _scale_of(scale, D)
     dq = torch.empty((N, H, D), device=q.device, dtype=q.dtype)

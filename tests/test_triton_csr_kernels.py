@@ -367,6 +367,28 @@ def test_head_block_case_really_splits_heads():
     assert n_hb > 1 and 5 % hb != 0  # more than one block, the last one partly masked
 
 
+def test_row_offsets_past_int32_are_relaid_out():
+    """The kernels address row i of q, k, v, out, grad_out, bias, grad_lse as an int64 row offset plus
+    int32 offsets inside the row. A view whose inner strides would overflow int32 ([N, H, D] transposed
+    from [H, N, D], or an [E, H] bias from a [H, E] one, with (H - 1) * N * D >= 2^31) is copied
+    contiguous; one that fits is used as it is; a single row of 2^31 elements is refused.
+    Meta tensors: shapes and strides only, no memory."""
+    from graphattn.kernels.csr_attention import _check_inputs, _fit_int32_rows, _last_dim_contiguous
+
+    n, h = 2**28, 9  # (h - 1) * n = 2^31
+    q = torch.empty(h, n, 1, device="meta").transpose(0, 1)
+    assert _last_dim_contiguous(q, "q").is_contiguous()
+    fits = torch.empty(h, 1000, 4, device="meta").transpose(0, 1)
+    assert _last_dim_contiguous(fits, "q") is fits
+    bias = torch.empty(h, n, device="meta").t()
+    qk = torch.empty(1, h, 1, device="meta")
+    assert _check_inputs(qk, qk, qk, bias, n).is_contiguous()
+    shared = torch.empty(n, device="meta")  # [E] bias: head stride 0, nothing to copy
+    assert _check_inputs(qk, qk, qk, shared, n).stride() == (1, 0)
+    with pytest.raises(ValueError, match="2\\^31"):
+        _fit_int32_rows(torch.empty(1, 2**16, 2**15 + 1, device="meta"), "q")
+
+
 def test_bad_inputs_are_rejected():
     q, k, v = make_qkv(2, 2, 1, 2, 2, torch.float32)
     g = to_csr(torch.tensor([0], device=device), torch.tensor([1], device=device), 2, 2)
@@ -484,3 +506,181 @@ def test_scored_no_edges_and_empty_targets():
     assert db is None
     for t in (dq, dk, dv, datt):
         assert torch.all(t == 0)
+
+
+# ---------------------------------------------------------------------------
+# masked edges: an edge with a -inf bias gets weight 0 and no gradient; a target whose every
+# edge is masked (on a head) is, on that head, a target without edges: out 0, lse -inf, zero
+# gradients, never NaN. The oracle drops the masked edges, head by head, and runs the float64
+# reference on the rest -- so it never itself sees a -inf score.
+# ---------------------------------------------------------------------------
+MASK_CHUNK = 8  # hub_chunk of the masked tests: the hub rows below are split into chunks
+
+
+def masked_case(bias_kind, H, dtype, *, n_src=7, n_dst=9, seed=0):
+    """(src, dst, bias with -inf entries, csr, plan) with, by target:
+    0: a hub (24 edges, 3 chunks), every edge masked;
+    1: a hub (27 edges, 4 chunks), its first chunk (in CSR order) masked and some more edges masked on
+       head 0 only ([E, H] bias);
+    2: 5 edges, all masked on head 0 only ([E, H] bias; on every head for a [E] bias);
+    3: 6 edges, every other one masked;
+    4 .. n_dst - 2: a few edges, some masked; n_dst - 1: no edge at all.
+    Sources 0 (every edge masked) and n_src - 1 (partly masked) have out-degree > MASK_CHUNK: their
+    dK/dV rows are split into chunks too."""
+    g = torch.Generator().manual_seed(seed)
+    degrees = [24, 27, 5, 6] + [3] * (n_dst - 5) + [0]
+    dst = torch.repeat_interleave(torch.arange(n_dst), torch.tensor(degrees))
+    src = torch.randint(1, n_src, (dst.numel(),), generator=g)
+    src[torch.rand(dst.numel(), generator=g) < 0.4] = n_src - 1  # a source hub, partly masked
+    src[dst == 0] = 0  # source 0: a hub whose every edge (into target 0) is masked
+    perm = torch.randperm(dst.numel(), generator=g)  # unsorted columns
+    src, dst = src[perm].to(device), dst[perm].to(device)
+    csr = to_csr(src, dst, n_src, n_dst)
+    E = src.numel()
+    rowptr, eid = csr["rowptr"].cpu(), csr["eid"].cpu()
+
+    def edges_of(row, lo=0, hi=None):  # edge_index columns of a row's CSR positions [lo, hi)
+        a = int(rowptr[row])
+        b = int(rowptr[row + 1]) if hi is None else a + hi
+        return eid[a + lo:b]
+
+    all_heads = torch.zeros(E, dtype=torch.bool)
+    head0 = torch.zeros(E, dtype=torch.bool)
+    all_heads[edges_of(0)] = True
+    all_heads[edges_of(1, 0, MASK_CHUNK)] = True  # a whole chunk: its partial lse is -inf
+    head0[edges_of(1)[MASK_CHUNK + 1::3]] = True
+    (head0 if bias_kind == "EH" else all_heads)[edges_of(2)] = True
+    all_heads[edges_of(3)[::2]] = True
+    rest = torch.cat([edges_of(r) for r in range(4, n_dst - 1)])
+    all_heads[rest[torch.rand(rest.numel(), generator=g) < 0.3]] = True
+    if bias_kind == "EH":
+        bias = torch.randn(E, H, generator=g)
+        bias[all_heads] = -math.inf
+        bias[head0, 0] = -math.inf
+    else:
+        bias = torch.randn(E, generator=g)
+        bias[all_heads] = -math.inf
+    plan = build_csr_plan(csr["rowptr"], csr["colptr"], hub_chunk=MASK_CHUNK)
+    assert {0, 1} <= set(plan["merge_rows"].tolist()) and {0, n_src - 1} <= set(plan["t_merge_rows"].tolist())
+    return src, dst, bias.to(device=device, dtype=dtype), csr, plan
+
+
+def masked_oracle(q, k, v, att, src, dst, bias, scale, score, slope, p, seed, go, gl, ga):
+    """float64 (out, lse, alpha, dq, dk, dv, datt, dbias [E, H]) of <out, go> + <lse, gl> + <alpha, ga>,
+    head by head, each head on its edges whose bias is finite (the masked ones simply do not exist)."""
+    from graphattn.dropout import keep_mask
+
+    n_dst, H = q.shape[:2]
+    E, Dv = src.numel(), v.shape[2]
+    b_eh = (bias[:, None].expand(E, H) if bias.dim() == 1 else bias).double()
+    keep = keep_mask(seed, E, H, p) if p > 0 else None
+    out = torch.zeros(n_dst, H, Dv, dtype=torch.float64, device=device)
+    lse = torch.full((n_dst, H), -math.inf, dtype=torch.float64, device=device)
+    alpha = torch.zeros(E, H, dtype=torch.float64, device=device)
+    dbias = torch.zeros(E, H, dtype=torch.float64, device=device)
+    dq, dk, dv = (torch.zeros(t.shape, dtype=torch.float64, device=device) for t in (q, k, v))
+    datt = None if att is None else torch.zeros(att.shape, dtype=torch.float64, device=device)
+    for h in range(H):
+        kept = torch.isfinite(b_eh[:, h])
+        qh, kh, vh = (t[:, h:h + 1].detach().double().requires_grad_() for t in (q, k, v))
+        bh = b_eh[kept, h:h + 1].clone().requires_grad_()
+        ah = None if att is None else att[h:h + 1].detach().double().requires_grad_()
+        qq, kk = (qh[..., 0], kh[..., 0]) if score == "gat" else (qh, kh)
+        o, l, a = sparse_attention(qq, kk, vh, src[kept], dst[kept], bh, scale if score == "dot" else None,
+                                   score=score, negative_slope=slope, att=ah, dropout_p=p,
+                                   dropout_mask=None if keep is None else keep[kept, h:h + 1],
+                                   return_attention=True)
+        loss = (o * go[:, h:h + 1].double()).sum() + (a * ga[kept, h:h + 1].double()).sum()
+        loss = loss + torch.where(torch.isfinite(l), l * gl[:, h:h + 1].double(), torch.zeros_like(l)).sum()
+        leaves = [qh, kh, vh, bh] + ([ah] if ah is not None else [])
+        grads = [torch.zeros_like(t) if d is None else d
+                 for t, d in zip(leaves, torch.autograd.grad(loss, leaves, allow_unused=True))]
+        out[:, h:h + 1], lse[:, h:h + 1], alpha[kept, h:h + 1] = o.detach(), l.detach(), a.detach()
+        dq[:, h:h + 1], dk[:, h:h + 1], dv[:, h:h + 1], dbias[kept, h:h + 1] = grads[:4]
+        if ah is not None:
+            datt[h:h + 1] = grads[4]
+    return out, lse, alpha, dq, dk, dv, datt, dbias
+
+
+def run_masked(score, dtype, H, D, Dv, bias_kind, p, *, seed=0):
+    """Kernel forward (with alpha) and backward on masked_case against masked_oracle; returns
+    (case, kernel results, oracle results) after checking every output."""
+    from graphattn.kernels.csr_attention import csr_scored_attention_backward, csr_scored_attention_forward
+    from graphattn.scored_ops import alpha_grad_into_lse
+
+    n_src, n_dst, slope, scale = 7, 9, 0.2, 0.45
+    src, dst, bias, csr, plan = masked_case(bias_kind, H, dtype, n_src=n_src, n_dst=n_dst, seed=seed)
+    if score == "gat":
+        D = 1
+    q, k, v = make_qkv(n_src, n_dst, H, D, Dv, dtype, seed=seed + 3)
+    att = (torch.randn(H, D, generator=torch.Generator().manual_seed(5)).to(device, dtype)
+           if score == "gatv2" else None)
+    bias_k = bias[:, None].expand(bias.shape[0], H) if bias.dim() == 1 else bias
+    dseed = torch.tensor([0x2468ACE1, 97531], dtype=torch.int64, device=device)
+    out, lse, alpha = csr_scored_attention_forward(q, k, v, csr["rowptr"], csr["col"], csr["eid"], bias_k, att,
+                                                   dseed, score, scale, slope, p, True, plan=plan)
+    gen = torch.Generator().manual_seed(seed + 9)
+    go = torch.randn(n_dst, H, Dv, generator=gen).to(device, dtype)
+    gl = torch.randn(n_dst, H, generator=gen).to(device)
+    ga = torch.randn(src.numel(), H, generator=gen).to(device)
+    gl_eff = alpha_grad_into_lse(gl, ga, alpha, csr["rowptr"], csr["eid"], lse)
+    dq, dk, dv, db, datt = csr_scored_attention_backward(
+        go, gl_eff, ga, q, k, v, bias_k, att, dseed, out, lse, csr["rowptr"], csr["col"], csr["eid"],
+        csr["colptr"], csr["row_t"], csr["eid_t"], score, scale, slope, p, True, att is not None, plan=plan)
+    ref = masked_oracle(q, k, v, att, src, dst, bias, scale, score, slope, p, dseed, go, gl, ga)
+    ro, rl, ra, rdq, rdk, rdv, rdatt, rdb = ref
+
+    finite = torch.isfinite(rl)
+    assert torch.equal(torch.isfinite(lse), finite), "lse: -inf pattern differs from the oracle's"
+    assert torch.all(lse[~finite] == -math.inf)
+    assert_close("lse", lse[finite], rl[finite], torch.float32, 1e-4 if dtype == torch.float32 else 1e-3)
+    for name, a, r in (("out", out, ro), ("alpha", alpha, ra), ("dq", dq, rdq), ("dk", dk, rdk), ("dv", dv, rdv),
+                       ("dbias", db.sum(1) if bias.dim() == 1 else db, rdb.sum(1) if bias.dim() == 1 else rdb)):
+        assert_close(name, a, r, dtype)  # also: every value finite
+    if att is not None:
+        assert_close("datt", datt, rdatt, dtype)
+    # A masked edge has weight 0 and no gradient, exactly.
+    masked = ~torch.isfinite(bias_k)
+    assert torch.all(alpha[masked] == 0) and torch.all(db[masked] == 0)
+    return (src, dst, bias_k, csr), (out, lse, alpha, dq, dk, dv, db, datt), ref
+
+
+@pytest.mark.parametrize("bias_kind", ["EH", "E"])
+@pytest.mark.parametrize("dt", ["f32", "f16", "bf16"])
+def test_fully_masked_target_is_a_target_without_edges(dt, bias_kind):
+    """Targets 0 (a hub split into chunks) and 2 (on head 0 only for a [E, H] bias) have every edge
+    masked: out 0, lse -inf and zero gradients on those heads, exactly as the edgeless last target."""
+    H = 3
+    (src, dst, bias_k, csr), (out, lse, alpha, dq, dk, dv, db, _), _ = run_masked(
+        "dot", DTYPES[dt], H, 6, 5, bias_kind, 0.0)
+    heads2 = [0] if bias_kind == "EH" else list(range(H))
+    for row, heads in ((0, list(range(H))), (2, heads2), (out.shape[0] - 1, list(range(H)))):
+        assert torch.all(out[row, heads] == 0) and torch.all(lse[row, heads] == -math.inf), row
+        assert torch.all(dq[row, heads] == 0), row
+        edges = csr["eid"][csr["rowptr"][row]:csr["rowptr"][row + 1]]
+        assert torch.all(alpha[edges][:, heads] == 0) and torch.all(db[edges][:, heads] == 0), row
+    if bias_kind == "EH":  # the other heads of target 2 attend normally
+        assert torch.all(torch.isfinite(lse[2, 1:])) and torch.all(out[2, 1:].abs().sum(-1) > 0)
+    # A source whose every outgoing edge is masked on a head gets zero dK and dV on that head.
+    live = torch.zeros(dk.shape[:2], dtype=torch.int64, device=device)
+    live = live.index_add(0, src, torch.isfinite(bias_k).long()) > 0
+    assert not live[0].any()  # source 0 feeds only the masked hub target 0
+    assert torch.all(dk[~live] == 0) and torch.all(dv[~live] == 0)
+
+
+@pytest.mark.parametrize("score,dt,H,D,Dv,bias_kind,p", [
+    pytest.param("dot", "f32", 3, 6, 5, "EH", 0.0, id="dot-f32-biasEH"),
+    pytest.param("dot", "bf16", 2, 9, 4, "E", 0.0, id="dot-bf16-biasE"),
+    pytest.param("dot", "f16", 2, 6, 3, "EH", 0.3, id="dot-f16-biasEH-dropout"),
+    pytest.param("gat", "f32", 3, 1, 4, "EH", 0.0, id="gat-f32-biasEH"),
+    pytest.param("gat", "bf16", 2, 1, 3, "E", 0.25, id="gat-bf16-biasE-dropout"),
+    pytest.param("gatv2", "f32", 3, 5, 4, "EH", 0.3, id="gatv2-f32-biasEH-dropout"),
+    pytest.param("gatv2", "f16", 2, 4, 4, "E", 0.0, id="gatv2-f16-biasE"),
+])
+def test_partly_masked_target_attends_to_the_rest(score, dt, H, D, Dv, bias_kind, p):
+    """Every score kind, with and without dropout, alpha and its gradient: a row with some edges masked
+    (target 1: a hub whose whole first chunk is masked; target 3; a source hub) equals the same row
+    without those edges; fully masked rows stay 0 / -inf with zero gradients (datt included)."""
+    _, (out, lse, _, dq, *_), _ = run_masked(score, DTYPES[dt], H, D, Dv, bias_kind, p, seed=1)
+    assert torch.all(torch.isfinite(lse[1])) and torch.all(torch.isfinite(lse[3]))
+    assert torch.all(out[0] == 0) and torch.all(lse[0] == -math.inf) and torch.all(dq[0] == 0)

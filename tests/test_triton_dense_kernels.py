@@ -233,6 +233,44 @@ def test_dense_backward_is_deterministic():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_dense_row_without_keys_gets_no_gradient(causal):
+    """lse = -inf marks a row that attends to nothing (what the forward gives a row without keys):
+    its P is 0, so it gets dq = 0 and adds nothing to dk, dv; never NaN (exp(s - lse) would be inf).
+    Rows 3 and 17 lie in a full query tile and in the ragged last one (16-row tiles under the
+    interpreter): the unmasked and the masked stage of the dK/dV kernel."""
+    B, Lq, Lk, H, D = 1, 20, 18, 2, 8
+    q, k, v = _randn(B, Lq, H, D, seed=121), _randn(B, Lk, H, D, seed=122), _randn(B, Lk, H, D, seed=123)
+    do, glse = _randn(B, Lq, H, D, seed=124), _randn(B, Lq, H, seed=125)
+    out, lse = dense_attention_forward(q, k, v, 0.3, causal)
+    empty = [(0, 3, 1), (0, 17, 0)]
+    for b, r, h in empty:
+        out[b, r, h], lse[b, r, h] = 0.0, float("-inf")
+    dq, dk, dv = dense_attention_backward(do, glse, q, k, v, out, lse, 0.3, causal)
+    # The same as zeroing those rows' incoming gradients (their dq is then 0 as well).
+    do0, glse0 = do.clone(), glse.clone()
+    for b, r, h in empty:
+        do0[b, r, h], glse0[b, r, h] = 0.0, 0.0
+    _, _, rdq, rdk, rdv = _ref_dense(q, k, v, 0.3, causal, do0, glse0)
+    _check_f32((dq, dk, dv), (rdq, rdk, rdv), names=("dq", "dk", "dv"))
+    assert all(torch.all(dq[b, r, h] == 0) for b, r, h in empty)
+
+
+def test_kernel_layout_keeps_tile_offsets_in_int32():
+    """Offsets inside a tile are int32 (the tile's base is int64): a view whose row stride would
+    overflow them (sequence-first [L, B, H, D] permuted, B * H * D > 2^23) is copied contiguous, one
+    that fits is used as it is; H * head dim too large for any layout is refused. Meta tensors: no memory."""
+    fits = torch.empty(64, 4, 8, 64, device="meta").permute(1, 0, 2, 3)  # row stride 4 * 8 * 64
+    assert kda._kernel_layout(fits) is fits
+    wide = torch.empty(64, 2**12, 32, 64, device="meta").permute(1, 0, 2, 3)  # row stride 2^23
+    assert not wide.is_contiguous() and kda._kernel_layout(wide).is_contiguous()
+    lse = torch.empty(64, 2**24, 2, device="meta").permute(1, 0, 2)  # [B, L, H], row stride 2^25
+    assert kda._kernel_layout(lse, row_dim=-2).is_contiguous()
+    q = torch.empty(1, 4, 2**16, 128, device="meta")  # H * D = 2^23: 256 rows of it pass 2^31
+    with pytest.raises(ValueError, match="too large"):
+        dense_attention_forward(q, q, q, None, False)
+
+
 # ----------------------------------------------------------------------------- segments
 
 SIZES = [5, 1, 0, 70, 16, 2]  # size-1, empty, one bigger than the block (16 here, 64 on GPU), an exact block
@@ -308,6 +346,26 @@ def test_segment_low_precision(dt):
     ref64 = _ref_segment(q, k, v, ptr, None, do, glse)
     ref_lowp = _ref_segment(q, k, v, ptr, None, do, glse, dtype=dtype)
     _check_lowp((out, lse, dq, dk, dv), ref64, ref_lowp)
+
+
+def test_segment_row_without_keys_gets_no_gradient():
+    """As test_dense_row_without_keys_gets_no_gradient, for segments (row 2 of a 5-node segment, and
+    rows in the full and the ragged tile of a 20-node one)."""
+    ptr = _ptr([5, 20])
+    N, H, D = int(ptr[-1]), 2, 8
+    q, k, v = _randn(N, H, D, seed=131), _randn(N, H, D, seed=132), _randn(N, H, D, seed=133)
+    do, glse = _randn(N, H, D, seed=134), _randn(N, H, seed=135)
+    out, lse = segment_attention_forward(q, k, v, ptr, 0.4)
+    empty = [(2, 0), (9, 1), (23, 0)]
+    for r, h in empty:
+        out[r, h], lse[r, h] = 0.0, float("-inf")
+    dq, dk, dv = segment_attention_backward(do, glse, q, k, v, out, lse, ptr, 0.4)
+    do0, glse0 = do.clone(), glse.clone()
+    for r, h in empty:
+        do0[r, h], glse0[r, h] = 0.0, 0.0
+    _, _, rdq, rdk, rdv = _ref_segment(q, k, v, ptr, 0.4, do0, glse0)
+    _check_f32((dq, dk, dv), (rdq, rdk, rdv), names=("dq", "dk", "dv"))
+    assert all(torch.all(dq[r, h] == 0) for r, h in empty)
 
 
 def test_segment_no_nodes():

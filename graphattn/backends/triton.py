@@ -39,6 +39,15 @@ class TritonBackend(Backend):
             return "CPU tensors need Triton's interpreter: set TRITON_INTERPRET=1 before importing triton"
         return None
 
+    def not_supported_reasons(self, call):
+        reasons = super().not_supported_reasons(call)
+        if not reasons:  # triton is importable
+            kernels = _import("csr_attention" if call.pattern == "csr" else "dense_attention")
+            row = call.num_heads * max(call.head_dim, call.value_dim)
+            if row > kernels.MAX_ROW_ELEMENTS:  # offsets within a row (or tile) are int32
+                reasons.append(f"H * head dim = {row} > {kernels.MAX_ROW_ELEMENTS}")
+        return reasons
+
     def csr_plan(self, graph, with_transposed):
         """The degree-bucketed, hub-splitting schedule (kernels/csr_attention.py), built once per graph."""
         kernels = _import("csr_attention")

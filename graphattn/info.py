@@ -18,6 +18,22 @@ def _triton_version():
         return "not installed"
 
 
+def cpu_isa_line() -> str:
+    """Which instruction-set level the fused CPU kernels run at (csrc/cpu/isa.h): the best this
+    CPU and build have, unless GRAPHATTN_CPU_ISA=baseline|avx2 asks for another."""
+    try:
+        from . import _C  # noqa: F401  (registers torch.ops.graphattn.cpu_isa)
+
+        active, *levels = torch.ops.graphattn.cpu_isa()
+    except (ImportError, OSError, AttributeError) as e:  # not built, or built before the op existed
+        return f"cpu isa   unknown ({type(e).__name__}: {e})"
+    except (ValueError, RuntimeError) as e:  # a bad GRAPHATTN_CPU_ISA
+        return f"cpu isa   error: {str(e).splitlines()[0]}"
+    forced = os.environ.get("GRAPHATTN_CPU_ISA")
+    how = f"forced by GRAPHATTN_CPU_ISA={forced}" if forced and forced != "auto" else "the best available"
+    return f"cpu isa   {active} ({how}; this CPU runs: {', '.join(levels)})"
+
+
 def report() -> str:
     from . import __version__
 
@@ -27,6 +43,7 @@ def report() -> str:
         f"torch     {torch.__version__} (CUDA {torch.version.cuda or 'none'})",
         f"triton    {_triton_version()} (TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', 'unset')})",
         f"threads   {torch.get_num_threads()}",
+        cpu_isa_line(),
     ]
     devices = ["cpu"]
     if torch.cuda.is_available():

@@ -2,14 +2,13 @@
 // attention over a target-sorted CSR) and of csr_scored_attention_{forward,backward},
 // the same op with the sparse-path extras: score kinds, attention dropout and the
 // returned weights (graphattn/scored_ops.py). Both run the row kernels of
-// attention_rows.h; the plain op is the scored one with its defaults.
+// attention_rows.h at the instruction-set level of the call (isa.h); the plain op is
+// the scored one with its defaults.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <torch/library.h>
 
 #include "../tensor_params.h"
-#include "attention_rows.h"
+#include "isa.h"
 
 namespace graphattn {
 namespace cpu {
@@ -66,13 +65,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_scored_attention_forward(
   check_csr(rowptr, col, p.num_dst);
   p.by_target = csr_params(rowptr, col, eid, p.num_dst);
   const CsrNeighbours nb{p.by_target.offsets, p.by_target.index, p.by_target.edge_id, p.num_src};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "csr_attention_forward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    if (score_kind == kDotScore)
-      forward<scalar_t, acc_t, CsrNeighbours, kDotScore>(p, nb);
-    else
-      forward<scalar_t, acc_t, CsrNeighbours, kGatv2Score>(p, nb);  // gat: gatv2 with D = 1, att = 1
-  });
+  row_kernels().csr_forward(p, nb, q.scalar_type(), static_cast<int>(score_kind));
   return {out, lse, alpha};
 }
 
@@ -111,17 +104,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> csr_score
   const CsrNeighbours by_target{b.fwd.by_target.offsets, b.fwd.by_target.index, b.fwd.by_target.edge_id,
                                 b.fwd.num_src};
   const CsrNeighbours by_source{b.by_source.offsets, b.by_source.index, b.by_source.edge_id, b.fwd.num_dst};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.q.scalar_type(), "csr_attention_backward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    // The target pass also fills delta and the edge scratch, which the source pass reads.
-    if (score_kind == kDotScore) {
-      backward_targets<scalar_t, acc_t, CsrNeighbours, kDotScore>(b, by_target);
-      backward_sources<scalar_t, acc_t, CsrNeighbours, kDotScore>(b, by_source);
-    } else {
-      backward_targets<scalar_t, acc_t, CsrNeighbours, kGatv2Score>(b, by_target);
-      backward_sources<scalar_t, acc_t, CsrNeighbours, kGatv2Score>(b, by_source);
-    }
-  });
+  // The target pass also fills delta and the edge scratch, which the source pass reads.
+  row_kernels().csr_backward(b, by_target, by_source, t.q.scalar_type(), static_cast<int>(score_kind));
   at::Tensor grad_att = need_datt ? grad_att_rows.sum(0).to(t.q.scalar_type()) : at::empty({0}, options);
   return {t.grad_q, t.grad_k, t.grad_v, grad_bias, grad_att};
 }

@@ -1,14 +1,12 @@
 // CPU implementation of graphattn::segment_attention_{forward,backward}:
 // complete attention inside each segment of a batch of graphs, by the same row
 // kernels as the CSR op with implicit neighbours (no edge list, no padding,
-// nothing of size segment^2 allocated).
+// nothing of size segment^2 allocated), at the instruction-set level of the call (isa.h).
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <torch/library.h>
 
 #include "../tensor_params.h"
-#include "attention_rows.h"
+#include "isa.h"
 
 namespace graphattn {
 namespace cpu {
@@ -31,9 +29,7 @@ std::tuple<at::Tensor, at::Tensor> segment_attention_forward(const at::Tensor& q
   at::Tensor lse = at::empty({q.size(0), q.size(1)}, q.options().dtype(stats_dtype(q)));
   const ForwardParams p = forward_params(q, k, v, c10::nullopt, scale, out, lse);
   const SegmentNeighbours nb = segment_neighbours(ptr, q.size(0));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "segment_attention_forward", [&] {
-    forward<scalar_t, at::opmath_type<scalar_t>>(p, nb);
-  });
+  row_kernels().segment_forward(p, nb, q.scalar_type());
   return {out, lse};
 }
 
@@ -44,11 +40,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_attention_backward(
   BackwardTensors t = backward_tensors(grad_out_in, grad_lse, q_in, k_in, v_in, c10::nullopt, out_in, lse_in, scale);
   const BackwardParams& b = t.params;
   const SegmentNeighbours nb = segment_neighbours(ptr, t.q.size(0));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.q.scalar_type(), "segment_attention_backward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    backward_targets<scalar_t, acc_t>(b, nb);  // fills delta, which the source pass reads
-    backward_sources<scalar_t, acc_t>(b, nb);  // a segment is its own transpose
-  });
+  row_kernels().segment_backward(b, nb, t.q.scalar_type());  // the target pass, then the source pass
   return {t.grad_q, t.grad_k, t.grad_v};
 }
 

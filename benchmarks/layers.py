@@ -36,193 +36,22 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import sys
 import time
-import zlib
 
 import torch
 import torch.nn.functional as F
 
 from . import common
-from .providers import GiB, Provider, _elem_bytes
+from .models import MODELS, Net, describe_model, init_weights, make_inputs
+from .providers import LAYER_PROVIDERS, GiB
 from .runner import Runner, make_job
 
 ARXIV_NODES, ARXIV_EDGES, ARXIV_FEATURES, ARXIV_CLASSES = 169_343, 1_166_243, 128, 40
-MODELS = ("gat", "gatv2", "transformer")
 TARGET_MODELS = ("gatv2", "transformer")  # the issue's targets; gat is measured without one
 TARGET_SPEEDUP = 3.0  # pyg step time / graphattn step time >=
 TARGET_MEMORY_RATIO = 0.2  # graphattn peak / pyg peak <= (">= 5x less")
 QUICK_NODES = 1000
-
-
-# ---------------------------------------------------------------------------
-# The models
-# ---------------------------------------------------------------------------
-class Net(torch.nn.Module):
-    """One of MODELS built from `nn` (graphattn.nn or torch_geometric.nn): the same code and the
-    same parameter names whichever it is."""
-
-    def __init__(self, nn, model: str, in_channels: int, hidden: int, heads: int, num_classes: int,
-                 transformer_layers: int = 1, dropout: float = 0.0):
-        super().__init__()
-        self.model = model
-        if model in ("gat", "gatv2"):
-            conv = nn.GATConv if model == "gat" else nn.GATv2Conv
-            self.convs = torch.nn.ModuleList([
-                conv(in_channels, hidden, heads=heads, concat=True, dropout=dropout),
-                conv(heads * hidden, num_classes, heads=heads, concat=False, dropout=dropout),
-            ])
-            self.head = None
-        elif model == "transformer":
-            self.convs = torch.nn.ModuleList(
-                nn.TransformerConv(in_channels if i == 0 else heads * hidden, hidden, heads=heads, concat=True,
-                                   dropout=dropout)
-                for i in range(transformer_layers))
-            self.head = torch.nn.Linear(heads * hidden, num_classes)
-        else:
-            raise ValueError(f"unknown model {model!r}; one of {MODELS}")
-
-    def forward(self, x, edge_index):
-        last = len(self.convs) - 1
-        for i, conv in enumerate(self.convs):
-            x = conv(x, edge_index)
-            if i < last or self.head is not None:
-                x = F.elu(x)
-        return self.head(x) if self.head is not None else x
-
-
-def describe_model(model: str, in_channels: int, hidden: int, heads: int, num_classes: int,
-                   transformer_layers: int = 1, dropout: float = 0.0) -> str:
-    hc = heads * hidden
-    if model in ("gat", "gatv2"):
-        c = "GATConv" if model == "gat" else "GATv2Conv"
-        text = (f"{c}({in_channels},{hidden},heads={heads},concat) > ELU > "
-                f"{c}({hc},{num_classes},heads={heads},concat=False)")
-    else:
-        first = f"TransformerConv({in_channels},{hidden},heads={heads},concat) > ELU"
-        more = f" > [TransformerConv({hc},{hidden},heads={heads},concat) > ELU] x{transformer_layers - 1}" \
-            if transformer_layers > 1 else ""
-        text = f"{first}{more} > Linear({hc},{num_classes})"
-    return text + (f"; attention dropout {dropout:g}" if dropout else "") + \
-        f"; float32 cross-entropy over all nodes, {num_classes} classes; Adam"
-
-
-def init_weights(model: torch.nn.Module, seed: int) -> None:
-    """Every parameter from a generator seeded by (seed, its name): glorot-uniform over the last
-    two dims for matrices / [1, H, C] attention vectors, U(-0.1, 0.1) for vectors. Two models with
-    the same parameter names get the same weights, whatever their init code."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
-            a = math.sqrt(6.0 / (p.shape[-2] + p.shape[-1])) if p.dim() >= 2 else 0.1
-            p.copy_((torch.rand(p.shape, generator=g, dtype=torch.float32) * 2 - 1) * a)
-
-
-def _nn_module(provider: str):
-    if provider == "pyg":
-        import torch_geometric.nn as nn
-    else:
-        import graphattn.nn as nn
-    return nn
-
-
-def make_inputs(n: int, features: int, num_classes: int, seed: int, device, dtype):
-    g = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn(n, features, generator=g).to(device=device, dtype=dtype)
-    y = torch.randint(0, num_classes, (n,), generator=g).to(device)
-    return x, y
-
-
-def _record_backends(fn) -> list:
-    """Run fn() once, recording which graphattn backends dispatch chose (auto)."""
-    from graphattn import dispatch
-
-    seen, orig = [], dispatch.choose
-
-    def choose(call, backend="auto"):
-        chosen = orig(call, backend)
-        if chosen.name not in seen:
-            seen.append(chosen.name)
-        return chosen
-
-    dispatch.choose = choose
-    try:
-        fn()
-    finally:
-        dispatch.choose = orig
-    return seen
-
-
-# ---------------------------------------------------------------------------
-# Providers (mode "train": prepare returns one whole training step)
-# ---------------------------------------------------------------------------
-class LayerProvider(Provider):
-    """A training step of Net on graphattn.nn ('graphattn') or torch_geometric.nn ('pyg').
-    Job keys beyond make_job's: model, features, classes, transformer_layers, dropout."""
-
-    forms = ("csr",)
-
-    def __init__(self, name: str):
-        self.name = name
-        self.modules = ("torch_geometric",) if name == "pyg" else ()
-        self.note = ""
-
-    def parent_skip_reason(self, job):
-        if job["mode"] != "train":
-            return f"{self.name} (benchmarks.layers) measures training steps only (mode 'train')"
-        return super().parent_skip_reason(job)
-
-    def estimate_bytes(self, job, num_edges):
-        n, h, d, elem = job["N"], job["H"], job["D"], _elem_bytes(job["dtype"])
-        e = num_edges + (n if job["model"] in ("gat", "gatv2") else 0)  # self-loops
-        widths = ([h * d, h * job["classes"]] if job["model"] != "transformer"
-                  else [h * d] * job.get("transformer_layers", 1))
-        nodes = n * (job["features"] + 12 * h * d) * elem
-        if self.name == "pyg":
-            # [E, H, C] tensors per layer: those saved for backward (GATv2: x_i + x_j, its LeakyReLU, x_j;
-            # GAT / transformer: x_j or k_j, v_j, ...), forward temporaries, their gradients. Not more
-            # generous than that: on an 80 GB GPU, PyG's full-size cases must be tried, not skipped.
-            per_edge = sum((8 if job["model"] == "gatv2" else 6) * w * elem for w in widths)
-        else:  # the edge list, the CSR and its transpose, sort temporaries, [E, H] scores / alpha
-            per_edge = 128.0 + 8 * h * elem * len(widths)
-        return nodes + e * per_edge
-
-    def prepare(self, job, graph):
-        device, dtype = job["device"], common.parse_dtype(job["dtype"])
-        nn = _nn_module(self.name)
-        n = graph.num_nodes
-        model = Net(nn, job["model"], job["features"], job["D"], job["H"], job["classes"],
-                    job.get("transformer_layers", 1), job.get("dropout", 0.0))
-        init_weights(model, job["seed"])
-        model.to(device=device, dtype=dtype).train()
-        x, y = make_inputs(n, job["features"], job["classes"], job["seed"], device, dtype)
-        edge_index = graph.edges().to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        self.note = describe_model(job["model"], job["features"], job["D"], job["H"], job["classes"],
-                                   job.get("transformer_layers", 1), job.get("dropout", 0.0))
-        state = {"first": True}
-
-        def train_step():
-            opt.zero_grad(set_to_none=True)
-            out = model(x, edge_index)
-            loss = F.cross_entropy(out.float(), y)
-            loss.backward()
-            opt.step()
-            return loss
-
-        def step():
-            if state["first"] and self.name == "graphattn":
-                state["first"] = False
-                backends = _record_backends(train_step)
-                self.note += f"; graphattn auto backend: {'/'.join(backends) or '?'}"
-                return None
-            return train_step()
-
-        return step, list(model.parameters())
-
-
-PROVIDERS = {p.name: p for p in (LayerProvider("graphattn"), LayerProvider("pyg"))}
 
 
 # ---------------------------------------------------------------------------
@@ -364,6 +193,7 @@ def main(argv=None) -> int:
     p.add_argument("--isolation", choices=("auto", "forkserver", "spawn", "none"), default="auto")
     p.add_argument("--no-check", action="store_true", help="skip the small agreement check")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--list", action="store_true", help="print the jobs and exit (nothing is imported or measured)")
     args = p.parse_args(argv)
 
     device = common.resolve_device(args.device)
@@ -372,9 +202,9 @@ def main(argv=None) -> int:
                    (args.dtype.split(",") if args.dtype else (["float32"] if args.quick else ["float32", "bfloat16"]))]
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     args.providers = [x.strip() for x in args.providers.split(",") if x.strip()]
-    bad = [m for m in args.models if m not in MODELS] + [x for x in args.providers if x not in PROVIDERS]
+    bad = [m for m in args.models if m not in MODELS] + [x for x in args.providers if x not in LAYER_PROVIDERS]
     if bad:
-        p.error(f"unknown model / provider {bad}; models {', '.join(MODELS)}, providers {', '.join(PROVIDERS)}")
+        p.error(f"unknown model / provider {bad}; models {', '.join(MODELS)}, providers {', '.join(LAYER_PROVIDERS)}")
     if args.nodes is None:
         args.nodes = QUICK_NODES if args.quick else ARXIV_NODES
     if args.repeats is None:
@@ -387,6 +217,11 @@ def main(argv=None) -> int:
         args.threads = 1
     timeout = args.case_timeout or (120.0 if args.quick else 900.0)
 
+    if args.list:
+        for j in build_jobs(args, device):
+            print(f"{j['benchmark']:<8} {j['case']:<12} N={j['N']:<8} {j['provider']:<10} {j['mode']:<6} "
+                  f"{j['dtype']:<9} H={j['H']} hidden={j['D']}")
+        return 0
     out = args.out or common.default_csv(device, args.quick)
     env = common.environment(device)
     print(common.describe_environment(env))

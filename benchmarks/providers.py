@@ -14,7 +14,7 @@ Names: graphattn-<backend> (a graphattn backend forced by name), graphattn-<back
 raw edge_index passed each call: the Graph is built inside the call), graphattn-<backend>+proj
 (graphattn with TransformerConv's q/k/v Linear projections), torch-sdpa, torch-sdpa-mask,
 torch-sdpa-padded, pyg-scatter, pyg-transformerconv, flex-blockmask, dgl-edge_softmax; graphattn and
-pyg: whole models' training steps (mode "train"), defined in benchmarks/layers.py.
+pyg: whole models' training steps (mode "train") of benchmarks/models.py, run by benchmarks/layers.py.
 
 Heavy imports (torch_geometric, dgl, flex_attention) happen inside `prepare`, in the worker.
 """
@@ -27,6 +27,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from . import models
 from .common import parse_dtype
 
 GiB = 2**30
@@ -386,17 +387,85 @@ class DglEdgeSoftmax(Provider):
         return forward, [q, k, v]
 
 
+# ---------------------------------------------------------------------------
+# Whole models (mode "train": prepare returns one whole training step; benchmarks/layers.py)
+# ---------------------------------------------------------------------------
+class LayerProvider(Provider):
+    """A training step of models.Net on graphattn.nn ('graphattn') or torch_geometric.nn ('pyg').
+    Job keys beyond make_job's: model, features, classes, transformer_layers, dropout."""
+
+    forms = ("csr",)
+
+    def __init__(self, name: str):
+        self.name = name
+        self.modules = ("torch_geometric",) if name == "pyg" else ()
+        self.note = ""
+
+    def parent_skip_reason(self, job):
+        if job["mode"] != "train":
+            return f"{self.name} (benchmarks.layers) measures training steps only (mode 'train')"
+        return super().parent_skip_reason(job)
+
+    def estimate_bytes(self, job, num_edges):
+        n, h, d, elem = job["N"], job["H"], job["D"], _elem_bytes(job["dtype"])
+        e = num_edges + (n if job["model"] in ("gat", "gatv2") else 0)  # self-loops
+        widths = ([h * d, h * job["classes"]] if job["model"] != "transformer"
+                  else [h * d] * job.get("transformer_layers", 1))
+        nodes = n * (job["features"] + 12 * h * d) * elem
+        if self.name == "pyg":
+            # [E, H, C] tensors per layer: those saved for backward (GATv2: x_i + x_j, its LeakyReLU, x_j;
+            # GAT / transformer: x_j or k_j, v_j, ...), forward temporaries, their gradients. Not more
+            # generous than that: on an 80 GB GPU, PyG's full-size cases must be tried, not skipped.
+            per_edge = sum((8 if job["model"] == "gatv2" else 6) * w * elem for w in widths)
+        else:  # the edge list, the CSR and its transpose, sort temporaries, [E, H] scores / alpha
+            per_edge = 128.0 + 8 * h * elem * len(widths)
+        return nodes + e * per_edge
+
+    def prepare(self, job, graph):
+        device, dtype = job["device"], parse_dtype(job["dtype"])
+        nn = models.nn_module(self.name)
+        n = graph.num_nodes
+        model = models.Net(nn, job["model"], job["features"], job["D"], job["H"], job["classes"],
+                           job.get("transformer_layers", 1), job.get("dropout", 0.0))
+        models.init_weights(model, job["seed"])
+        model.to(device=device, dtype=dtype).train()
+        x, y = models.make_inputs(n, job["features"], job["classes"], job["seed"], device, dtype)
+        edge_index = graph.edges().to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        self.note = models.describe_model(job["model"], job["features"], job["D"], job["H"], job["classes"],
+                                          job.get("transformer_layers", 1), job.get("dropout", 0.0))
+        state = {"first": True}
+
+        def train_step():
+            opt.zero_grad(set_to_none=True)
+            out = model(x, edge_index)
+            loss = F.cross_entropy(out.float(), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        def step():
+            if state["first"] and self.name == "graphattn":
+                state["first"] = False
+                backends = models.record_backends(train_step)
+                self.note += f"; graphattn auto backend: {'/'.join(backends) or '?'}"
+                return None
+            return train_step()
+
+        return step, list(model.parameters())
+
+
+# The whole-model providers of benchmarks/layers.py (mode "train").
+LAYER_PROVIDERS = ("graphattn", "pyg")
+
 _FIXED = {p.name: p for p in (TorchSdpa(), TorchSdpaMask(), TorchSdpaPadded(), PygScatter(),
-                              PygTransformerConv(), FlexBlockMask(), DglEdgeSoftmax())}
+                              PygTransformerConv(), FlexBlockMask(), DglEdgeSoftmax(),
+                              *(LayerProvider(name) for name in LAYER_PROVIDERS))}
 
 
 def get_provider(name: str) -> Provider:
     if name in _FIXED:
         return _FIXED[name]
-    if name in ("graphattn", "pyg"):  # whole models (graphattn.nn vs torch_geometric.nn): benchmarks/layers.py
-        from .layers import PROVIDERS
-
-        return PROVIDERS[name]
     if name.startswith("graphattn-"):
         backend, _, variant = name[len("graphattn-"):].partition("+")
         if variant not in ("", "graph", "proj"):

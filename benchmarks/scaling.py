@@ -3,7 +3,8 @@
     python -m benchmarks.scaling --sweep {n,density,skew,heads,dtype,segments,all}
         [--quick] [--device cpu|cuda] [--dtype float32[,bfloat16...]] [--mode fwd|fwdbwd|both]
         [--out CSV] [--repeats R] [--case-timeout S] [--mem-limit-gb G] [--backends cpu,triton]
-        [--no-baselines] [--isolation auto|forkserver|spawn|none]
+        [--no-baselines] [--providers P,...] [--n-sparse N,...] [--n-dense N,...]
+        [--isolation auto|forkserver|spawn|none]
 
 Sweeps (each case x provider x mode is one row of the CSV, measured in its own process):
 - n: N at a fixed average in-degree (sparse, uniform random edges) - time and memory grow as E;
@@ -79,6 +80,9 @@ class Plan:
         self.device = device
         self.quick = args.quick
         self.cfg = dict(QUICK) if args.quick else dict(CONFIGS[(device, False)])
+        for key, value in (("n_sparse", args.n_sparse), ("n_dense", args.n_dense)):
+            if value:
+                self.cfg[key] = [int(x) for x in value.split(",") if x.strip()]
         if device == "cuda" and args.quick:
             self.cfg["dtypes"] = ["float16", "bfloat16"]
         elif args.quick:
@@ -223,6 +227,11 @@ def main(argv=None) -> int:
     p.add_argument("--backends", default=None, help="comma list of graphattn backends to measure (default: every "
                                                     "available one but reference)")
     p.add_argument("--no-baselines", action="store_true", help="graphattn only")
+    p.add_argument("--providers", default=None,
+                   help="comma list: keep only the jobs of these providers (e.g. graphattn-cuda,pyg-scatter)")
+    p.add_argument("--n-sparse", default=None, help="comma list of N for sweep n's sparse cases (overrides the config)")
+    p.add_argument("--n-dense", default=None,
+                   help="comma list of N for sweep n's dense and dense-as-edge-list cases (overrides the config)")
     p.add_argument("--out", help="CSV to append to (default benchmarks/results/<device-slug>.csv; "
                                  "--quick: <tmp>/graphattn-bench/<slug>-quick.csv)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per case (default 10 CPU, 20 CUDA, 3 quick)")
@@ -249,6 +258,16 @@ def main(argv=None) -> int:
     jobs = []
     for s in sweeps:
         jobs += getattr(plan, f"sweep_{s}")()
+    if args.providers:
+        from .providers import get_provider
+
+        wanted = [x.strip() for x in args.providers.split(",") if x.strip()]
+        for name in wanted:
+            try:
+                get_provider(name)
+            except ValueError as exc:
+                p.error(str(exc))
+        jobs = [j for j in jobs if j["provider"] in wanted]
     if args.list:
         from .providers import get_provider
 

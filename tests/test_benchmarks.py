@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -324,3 +326,140 @@ def test_bench_pyg_scatter_fwdbwd(benchmark):
     q, k, v = make_qkv(n, h, d, torch.float32, "cpu", 0, True)
     step, reset = _fwdbwd(lambda: pyg_scatter_attention(q, k, v, ei, n), [q, k, v], torch.randn(n, h, d))
     benchmark.pedantic(step, setup=reset, rounds=3, iterations=1, warmup_rounds=1)
+
+
+# ---------------------------------------------------------------------------
+# (c) the benchmark modules import without cycles
+# ---------------------------------------------------------------------------
+def _benchmark_imports():
+    """{module: benchmarks modules it imports}, function-level imports included (AST)."""
+    import ast
+
+    folder = Path(_REPO_ROOT) / "benchmarks"
+    mods = {p.stem for p in folder.glob("*.py")}
+    graph = {}
+    for p in folder.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level == 1 and node.module:
+                    deps.add(node.module.split(".")[0])
+                elif node.level == 1:
+                    deps.update(a.name for a in node.names)
+                elif node.module and node.module.startswith("benchmarks."):
+                    deps.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                deps.update(a.name.split(".")[1] for a in node.names if a.name.startswith("benchmarks."))
+        graph[p.stem] = {d for d in deps if d in mods and d != p.stem}
+    return graph
+
+
+def test_benchmark_modules_import_without_cycles():
+    graph = _benchmark_imports()
+    assert "models" in graph["layers"] and "providers" in graph["layers"]  # the parser sees imports
+    state = {}
+
+    def visit(m, path):
+        state[m] = "open"
+        for d in sorted(graph[m]):
+            assert state.get(d) != "open", f"import cycle: {' -> '.join(path + [m, d])}"
+            if d not in state:
+                visit(d, path + [m])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+
+
+# ---------------------------------------------------------------------------
+# (d) kernel resources on sm_90 (benchmarks/kernel_resources.py and its committed CSV)
+# ---------------------------------------------------------------------------
+from benchmarks import kernel_resources as kr  # noqa: E402
+
+
+@pytest.mark.parametrize("regs, threads, smem, blocks, limiter", [
+    (32, 1024, 0, 2, "warps"),             # 64 warps: the warp limit, 100%
+    (184, 128, 0, 2, "registers"),         # 5888 regs/warp: 2 warps per sub-partition -> 8 warps
+    (255, 256, 0, 1, "registers"),         # 8192 regs/warp -> 8 warps: one block of 8
+    (168, 128, 49152, 3, "registers"),     # 5376/warp: 3 per sub-partition -> 12 warps, 3 blocks
+    (64, 128, 100 * 1024, 2, "shared memory"),  # 101 KiB + 1 KiB reserved per block: 2 in 228 KiB
+    (16, 32, 0, 32, "blocks"),             # 32 blocks of one warp
+    (64, 128, 240 * 1024, 0, "shared memory"),  # over the 227 KiB a block may have
+])
+def test_occupancy_follows_cuda_occupancy_rules(regs, threads, smem, blocks, limiter):
+    o = kr.occupancy(regs, threads, smem)
+    assert (o["blocks_per_sm"], o["limiter"]) == (blocks, limiter)
+    assert o["occupancy"] == pytest.approx(blocks * (threads // 32) / 64)
+
+
+def test_parse_ptxas_report():
+    log = """ptxas info    : 11 bytes gmem
+ptxas info    : Compiling entry function '_Z3fooPf' for 'sm_90'
+ptxas info    : Function properties for _Z3fooPf
+    16 bytes stack frame, 8 bytes spill stores, 4 bytes spill loads
+ptxas info    : Used 255 registers, used 1 barriers, 14344 bytes smem, 400 bytes cmem[0]
+ptxas info    : Function properties for _Z6helperv
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Compiling entry function '_csr_fwd_kernel' for 'sm_90a'
+ptxas info    : Function properties for _csr_fwd_kernel
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 76 registers, used 1 barriers
+"""
+    e = kr.parse_ptxas(log)
+    assert e == {
+        "_Z3fooPf": {"registers": 255, "stack_bytes": 16, "spill_stores_bytes": 8, "spill_loads_bytes": 4,
+                     "static_smem_bytes": 14344},
+        "_csr_fwd_kernel": {"registers": 76, "stack_bytes": 0, "spill_stores_bytes": 0, "spill_loads_bytes": 0,
+                            "static_smem_bytes": 0}}
+    rows = [{"spill_stores_bytes": 8, "spill_loads_bytes": 4}, {"spill_stores_bytes": 0, "spill_loads_bytes": 0}]
+    assert kr.spills(rows) == rows[:1] and kr.spills(rows, max_bytes=8) == []
+
+
+def test_committed_kernel_resources():
+    """The committed table: the occupancy columns follow from the resources, every CUDA kernel and
+    every launched Triton kernel is in it, and the README shows it. (Spills are the CI gate of
+    `make kernel-resources-check`, which recompiles; this test reads the file only.)"""
+    path = kr.DEFAULT_CSV
+    assert path.exists(), f"{path} is missing: make kernel-resources"
+    rows = kr.read_csv(path)
+    assert rows and list(rows[0]) == kr.COLUMNS
+    for r in rows:
+        if r["threads"]:
+            o = kr.occupancy(int(r["registers"]), int(r["threads"]),
+                             int(r["static_smem_bytes"]) + int(r["dynamic_smem_bytes"]))
+            assert (int(r["blocks_per_sm"]), r["limiter"]) == (o["blocks_per_sm"], o["limiter"]), r
+            assert float(r["occupancy"]) == pytest.approx(o["occupancy"], abs=1e-4)
+    cuda_src = "\n".join(p.read_text() for p in (Path(_REPO_ROOT) / "csrc" / "cuda").glob("*.cu*"))
+    cuda_kernels = set(re.findall(r"(?:GA_GLOBAL|__global__)\s+void\s+(?:GA_LAUNCH_BOUNDS\([^)]*\)\s*)?(\w+)",
+                                  cuda_src)) - {"GA_LAUNCH_BOUNDS"}
+    in_csv = {(r["kind"], r["kernel"]) for r in rows}
+    assert cuda_kernels and {("cuda", k) for k in cuda_kernels} <= in_csv
+    for p in (Path(_REPO_ROOT) / "kernels").glob("*.py"):
+        for k in kr.launched_kernels(p.read_text()):
+            assert ("triton", k) in in_csv, f"{p.name}:{k} is not in {path.name}"
+    assert kr.readme_in_sync(rows, path), "benchmarks/README.md's table differs from the CSV: make kernel-resources"
+
+
+def test_kernel_resources_cases_reach_every_triton_kernel():
+    """--list records the launches of every case without compiling: each launched kernel of
+    kernels/*.py is reached (the script reports one that is not as an error)."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.kernel_resources", "--list"], cwd=_REPO_ROOT,
+                          capture_output=True, text=True, timeout=600,
+                          env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "ERROR" not in proc.stdout
+    assert re.search(r"^(\d+) Triton variants", proc.stdout, re.M)
+
+
+def test_kernel_resources_check_finds_a_stale_csv():
+    """--check compares fresh results with the committed rows: a changed register count, a new and a
+    vanished variant are each reported; identical rows are not."""
+    base = dict(kind="triton", family="csr", kernel="_k", dtype="float32", variant="HB=1", num_warps="4",
+                num_stages="3", threads="128", registers="40", spill_stores_bytes="0", spill_loads_bytes="0",
+                stack_bytes="0", static_smem_bytes="0", dynamic_smem_bytes="0", case="x")
+    other = dict(base, variant="HB=2")
+    assert kr.compare([base, other], [dict(other, case="y"), base]) == []
+    diffs = kr.compare([dict(base, registers=48), dict(base, variant="HB=4")], [base, other])
+    assert len(diffs) == 3 and any("registers 40 -> 48" in d for d in diffs)
+    assert any(d.startswith("new variant") for d in diffs) and any("no longer produced" in d for d in diffs)

@@ -56,6 +56,14 @@ BENCH_PROVIDERS = ("graphattn-cuda", "graphattn-triton", "pyg-scatter", "flex-bl
 BENCH_N_SPARSE, BENCH_N_DENSE, BENCH_MEM_GB, LAYERS_NODES = 131072, 8192, 40, 50000
 
 
+# A command list starting with OPTIONAL is informational: its failure is logged, not the step's.
+OPTIONAL = "[optional]"
+
+
+def show(cmd) -> str:
+    return f"(informational) {shlex.join(cmd[1:])}" if cmd and cmd[0] == OPTIONAL else shlex.join(cmd)
+
+
 @dataclass
 class Step:
     name: str
@@ -133,8 +141,8 @@ def plan(out: Path, python: str, dry: bool, as_on_gpu_image: bool = False) -> li
     build_env = {"GRAPHATTN_CUDA_ARCHS": "90", "MAX_JOBS": str(ncpu)}
     steps.append(Step(
         "build", timeout_s=100, estimate_s=60, log="build.log", group=0, env=build_env,
-        cmds=[["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv"],
-              [py, "-c", "import sys, torch, triton; print(sys.version); print('torch', torch.__version__, "
+        cmds=[[OPTIONAL, "nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv"],
+              [OPTIONAL, py, "-c", "import sys, torch, triton; print(sys.version); print('torch', torch.__version__, "
                          "'cuda', torch.version.cuda, 'triton', triton.__version__)"],
               [py, "setup.py", "build_ext", "--inplace"],
               [py, "-m", "graphattn.info"]],
@@ -226,6 +234,8 @@ def _run_cmds(step: Step, cmds: list, out: Path, env: dict, deadline: float) -> 
     captured = []
     with open(log_path, "a") as log:
         for cmd in cmds:
+            optional = cmd[0] == OPTIONAL
+            cmd = cmd[1:] if optional else cmd
             left = deadline - time.perf_counter()
             log.write(f"\n===== [{step.name}] $ {shlex.join(cmd)}\n")
             log.flush()
@@ -237,6 +247,8 @@ def _run_cmds(step: Step, cmds: list, out: Path, env: dict, deadline: float) -> 
                                         text=True, errors="replace", start_new_session=True)
             except OSError as exc:
                 log.write(f"cannot start: {exc}\n")
+                if optional:
+                    continue
                 result.update(status="failed", rc=127)
                 break
             lines = []
@@ -253,7 +265,7 @@ def _run_cmds(step: Step, cmds: list, out: Path, env: dict, deadline: float) -> 
             log.write(text)
             log.write(f"===== [{step.name}] exit {rc} after {time.perf_counter() - t0:.0f} s\n")
             log.flush()
-            if rc != 0:
+            if rc != 0 and not (optional and rc != 124):
                 result.update(status="timed out" if rc == 124 else "failed", rc=rc)
                 break
     result["seconds"] = time.perf_counter() - t0
@@ -430,7 +442,7 @@ def write_summary(out: Path, steps: list, results: list, dry: bool, python: str,
         for s in steps:
             env = " ".join(f"{k}={v}" for k, v in s.env.items())
             for c in s.cmds:
-                lines.append(f"[{s.name}, limit {s.timeout_s} s] {env + ' ' if env else ''}{shlex.join(c)}")
+                lines.append(f"[{s.name}, limit {s.timeout_s} s] {env + ' ' if env else ''}{show(c)}")
         lines += ["```", ""]
     path = out / "summary.md"
     path.write_text("\n".join(lines) + "\n")
@@ -484,7 +496,7 @@ def main(argv=None) -> int:
         for s in steps:
             env = " ".join(f"{k}={v}" for k, v in s.env.items())
             for c in s.cmds:
-                print(f"  [{s.name}, limit {s.timeout_s} s] {env + ' ' if env else ''}{shlex.join(c)}")
+                print(f"  [{s.name}, limit {s.timeout_s} s] {env + ' ' if env else ''}{show(c)}")
     files = sorted(x.name for x in out.iterdir())
     print(f"\n{summary} ({len(files)} files in {out}: {', '.join(files)}); {time.perf_counter() - started:.0f} s")
     failed = [r["name"] for r in results if r["status"] not in ("ok", "printed only")]

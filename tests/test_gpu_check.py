@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(_REPO_ROOT) not in sys.path:
@@ -17,6 +18,7 @@ if str(_REPO_ROOT) not in sys.path:
 from benchmarks import gpu_check  # noqa: E402
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU machine runs the real `make gpu-check`, not its rehearsal")
 def test_dry_rehearsal_end_to_end(tmp_path):
     """`python -m benchmarks.gpu_check --dry`: every step's CPU part passes, OUT holds at most 8
     files, and the printed GPU commands are the real ones (CUDA device, the sanitizers, xdist)."""

@@ -13,11 +13,21 @@ TRITON ?= triton==3.6.0
 VENV_PYTHON ?= $(VENV)/bin/python
 SETUP ?= venv
 PYTEST_ARGS ?=
+# What the tests, benchmarks and the demo need besides torch and triton (both environments).
+TOOLS := ninja pybind11 numpy psutil tqdm matplotlib pytest pytest-benchmark hypothesis torch_geometric
+
+# Editable install of this tree into the python $(1), which builds graphattn._C. pip's route
+# (PEP 660, pyproject.toml) needs setuptools >= 70.1 or the `wheel` package; where neither is
+# there (e.g. setuptools 65 alone, and no network to fetch wheel) setuptools' own
+# `setup.py develop` does the same job.
+editable_install = if $(1) -c 'import importlib.util as u; raise SystemExit(not (u.find_spec("wheel") or u.find_spec("setuptools.command.bdist_wheel")))' 2>/dev/null; \
+	then $(1) -m pip install -q --no-build-isolation --no-deps -e .; \
+	else echo "no wheel package and setuptools < 70.1: setup.py develop"; $(1) setup.py -q develop --no-deps; fi
 
 CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py
 STAMP := $(VENV)/.graphattn-installed
 
-.PHONY: demo test bench cuda-check clean
+.PHONY: demo test bench cuda-check cuda-build clean
 
 ifeq ($(SETUP),venv)
 $(VENV_PYTHON):
@@ -26,17 +36,18 @@ $(VENV_PYTHON):
 $(STAMP): $(VENV_PYTHON)
 	$(VENV_PYTHON) -m pip install -q --upgrade pip
 	$(VENV_PYTHON) -m pip install -q "$(TORCH)"
-	$(VENV_PYTHON) -m pip install -q "$(TRITON)" ninja pybind11 numpy psutil tqdm matplotlib \
-		pytest pytest-benchmark torch_geometric
-	$(VENV_PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
+	$(VENV_PYTHON) -m pip install -q "$(TRITON)" $(TOOLS)
+	$(call editable_install,$(VENV_PYTHON))
 	touch $@
 else
 $(STAMP):
-	$(VENV_PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
+	$(call editable_install,$(VENV_PYTHON))
 	mkdir -p $(dir $@) && touch $@
 endif
 
 # (Re)build the extension in place whenever a C++/CUDA source changes (ninja: only what changed).
+# On a fresh clone the install above has just built it: setup.py keeps the objects in one folder
+# whatever the route and skips an extension newer than its sources, so this does not compile again.
 graphattn/_C.so: $(STAMP) $(CSRC)
 	$(VENV_PYTHON) setup.py -q build_ext --inplace
 	touch $@
@@ -60,31 +71,54 @@ cuda-check:
 			-c $$f -o /tmp/graphattn-cuda-check.o || exit 1; \
 	done
 
+# ---------------------------------------------------------------------------
+# make cuda-build: the CUDA build of graphattn, as the GPU machine will build it, on any
+# machine with nvcc (no GPU needed). torch==2.11.0 from PyPI is the CUDA 13.0 build, the one
+# the GPU image holds. It gets its own environment ($(CUDA_VENV), a few GB, installed once and
+# kept like .venv) and its own copy of the tree ($(CUDA_TREE)): the extension is built in
+# place, and graphattn/_C.so of this tree belongs to .venv's CPU build. The toolkit is found
+# from nvcc by setup.py (no CUDA_HOME needed). Then: import it, check that the CUDA kernels are
+# registered and compiled for every arch, and run the tests (CUDA_TESTS) against this build on
+# the CPU, which also runs everything Python against torch 2.11.
+#
+# The copy is refreshed on every call (tracked and untracked, not ignored files, mtimes kept),
+# its objects stay: ninja recompiles only what changed.
+#
+# Measured on the 2-core CI machine (shared with other jobs, so upper bounds), clean clone:
+#   environment ~3 min (downloads ~3 GB), build for sm_80+sm_90 ~6 min, checks ~10 s,
+#   tests (CUDA_TESTS) ~5 min.
+CUDA_VENV ?= .venv-cuda
+CUDA_TORCH ?= torch==2.11.0
+CUDA_ARCHS ?= 80;90
+CUDA_TREE ?= build/cuda-tree
+# Everything that runs graphattn's own code through torch 2.11 and this build: the cpu and
+# reference backends, the Triton backend through graphattn.attention, autograd, torch.compile,
+# opcheck, the nn layers, DDP, dispatch, errors. Left to `make test`, which runs them against the
+# same sources: the CUDA kernels' emulation (it would compile them again, 1-2 min), the Triton
+# kernels' own interpreter tests (same triton 3.6.0 in both environments), the fuzzer, the
+# benchmark harness and the gpu-check rehearsal (torch-version independent, and ~4 min together).
+CUDA_TESTS ?= tests --ignore=tests/test_cuda_emulation.py --ignore=tests/test_triton_csr_kernels.py \
+	--ignore=tests/test_triton_dense_kernels.py --ignore=tests/test_fuzz.py --ignore=tests/test_benchmarks.py \
+	--ignore=tests/test_gpu_check.py
+CUDA_PYTHON := $(CURDIR)/$(CUDA_VENV)/bin/python
+CUDA_STAMP := $(CUDA_VENV)/.graphattn-tools-installed
+
+# pip and setuptools stay as the venv brings them (pip 23.2 / setuptools 65 with Python 3.11,
+# no wheel): the old install route (setup.py develop) is then built on every CI run, .venv's
+# current pip (PEP 660) being the new one.
+$(CUDA_STAMP):
+	$(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_PYTHON) -m pip install -q "$(CUDA_TORCH)" "$(TRITON)" $(TOOLS)
+	touch $@
+
+cuda-build: $(CUDA_STAMP)
+	@command -v nvcc >/dev/null || { echo "cuda-build: no nvcc on PATH"; exit 1; }
+	mkdir -p $(CUDA_TREE)
+	find $(CUDA_TREE) -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
+	git ls-files -z -co --exclude-standard | tar --null --ignore-failed-read -T - -cf - | tar -xf - -C $(CUDA_TREE)
+	cd $(CUDA_TREE) && export GRAPHATTN_CUDA_ARCHS="$(CUDA_ARCHS)" && $(call editable_install,$(CUDA_PYTHON))
+	cd / && $(CUDA_PYTHON) $(CURDIR)/.ci/check_cuda_build.py $(CURDIR)/$(CUDA_TREE) "$(CUDA_ARCHS)"
+	cd $(CUDA_TREE) && $(CUDA_PYTHON) -m pytest $(CUDA_TESTS) -q -p no:cacheprovider $(PYTEST_ARGS)
+
 clean:
 	rm -rf build *.egg-info graphattn/_C*.so
-
-# ---- GPU readiness without a GPU (benchmarks/README.md: "Kernel resources", "make gpu-check") ----
-# kernel-resources: registers, spills, shared memory, occupancy on sm_90 of every CUDA kernel and
-# of the Triton variants the launchers choose; rewrites benchmarks/results/kernel-resources-sm90.csv
-# and its README table. kernel-resources-check (CI): fails on a spill or a stale CSV, writes nothing.
-# Compiles are cached in ~/.cache/graphattn/kernel-resources (GRAPHATTN_CACHE_DIR moves it).
-# gpu-check OUT=dir: the one command a GPU session runs, in the GPU image's python3 (no venv).
-# gpu-check DRY=1 OUT=dir: its CPU rehearsal in this venv (CI), printing the GPU commands.
-.PHONY: kernel-resources kernel-resources-check gpu-check
-GPU_PYTHON ?= python3
-
-kernel-resources: graphattn/_C.so
-	$(VENV_PYTHON) -m benchmarks.kernel_resources
-
-kernel-resources-check: graphattn/_C.so
-	$(VENV_PYTHON) -m benchmarks.kernel_resources --check
-
-ifeq ($(DRY),1)
-gpu-check: graphattn/_C.so
-	@test -n "$(OUT)" || { echo "make gpu-check DRY=1 OUT=dir: name the output directory"; exit 2; }
-	$(VENV_PYTHON) -m benchmarks.gpu_check --dry --out $(OUT) --gpu-python $(GPU_PYTHON)
-else
-gpu-check:
-	@test -n "$(OUT)" || { echo "make gpu-check OUT=dir: name the output directory"; exit 2; }
-	$(GPU_PYTHON) -m benchmarks.gpu_check --out $(OUT)
-endif

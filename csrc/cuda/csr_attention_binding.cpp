@@ -144,32 +144,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> csr_attention_backwar
               "graphattn: lse must be [N_dst, H]");
   TORCH_CHECK(!grad_lse.has_value() || grad_lse->sizes() == lse_in.sizes(), "graphattn: grad_lse must be [N_dst, H]");
 
-  const at::Tensor q = last_dim_contiguous(q_in), k = last_dim_contiguous(k_in), v = last_dim_contiguous(v_in);
-  const at::Tensor grad_out = last_dim_contiguous(grad_out_in);
-  at::Tensor out = out_in.contiguous(), lse = lse_in.to(at::kFloat).contiguous();
-  at::Tensor glse;
-  if (grad_lse.has_value()) glse = grad_lse->to(at::kFloat).contiguous();
-  BackwardParams b;
-  b.fwd = forward_params(q, k, v, bias, scale, out, lse);
+  // The prologue every backward binding shares (tensor_params.h): contiguous last dims, float32
+  // lse / grad_lse / Delta (the kernels take no float64), the gradients, and the params.
+  BackwardTensors t = backward_tensors(grad_out_in, grad_lse, q_in, k_in, v_in, bias, out_in, lse_in, scale);
+  BackwardParams& b = t.params;
   b.fwd.by_target = csr_params(rowptr, col, eid, b.fwd.num_dst);
   b.by_source = csr_params(colptr, row_t, eid_t, b.fwd.num_src);
-  b.grad_out = rows_params(grad_out);
-  b.grad_lse = glse.defined() ? glse.data_ptr() : nullptr;
-  at::Tensor delta = at::empty({q.size(0), q.size(1)}, q.options().dtype(at::kFloat));
-  at::Tensor grad_q = at::empty(q.sizes(), q.options()), grad_k = at::empty(k.sizes(), k.options()),
-             grad_v = at::empty(v.sizes(), v.options());
-  at::Tensor grad_bias = need_dbias ? at::empty({col.numel(), q.size(1)}, q.options()) : at::empty({0}, q.options());
-  b.delta = delta.data_ptr();
-  b.grad_q = grad_q.data_ptr();
-  b.grad_k = grad_k.data_ptr();
-  b.grad_v = grad_v.data_ptr();
+  at::Tensor grad_bias =
+      need_dbias ? at::empty({col.numel(), heads}, t.q.options()) : at::empty({0}, t.q.options());
   b.grad_bias = need_dbias ? grad_bias.data_ptr() : nullptr;
   at::Tensor workspace =
-      at::empty({workspace_entries(b.fwd.num_dst, b.fwd.num_src)}, q.options().dtype(at::kLong));
+      at::empty({workspace_entries(b.fwd.num_dst, b.fwd.num_src)}, t.q.options().dtype(at::kLong));
   const cudaStream_t stream = current_stream();
   GRAPHATTN_CUDA_CHECK(csr_backward(b, dtype, col.numel(), workspace.data_ptr<int64_t>(), stream));
   check_status(workspace, stream);
-  return {grad_q, grad_k, grad_v, grad_bias};
+  return {t.grad_q, t.grad_k, t.grad_v, grad_bias};
 }
 
 }  // namespace

@@ -604,13 +604,7 @@ def _children_cpu_s() -> float:
 
 
 def _variant_text(spec: dict) -> str:
-    skip = {"LOOP_WHILE"}  # always False on a GPU
-    parts = []
-    for k, v in spec["const_names"].items():
-        if k in skip:
-            continue
-        parts.append(f"{k}={int(v) if isinstance(v, bool) else v}")
-    return " ".join(parts)
+    return " ".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in spec["const_names"].items())
 
 
 def _triton_dtype(spec: dict) -> str:

@@ -83,12 +83,13 @@ SEGMENT_BLOCK_M = 16 if _INTERPRET else 64
 # Autotuning configurations
 # --------------------------------------------------------------------------------------
 # Candidates per (input precision, head-dim bucket), bucket = max(BLOCK_D, BLOCK_DV)
-# in {64 (also <= 32), 128, 256}. Entries are (BLOCK_M, BLOCK_N, num_warps, num_stages)
-# for dense kernels and (inner block, num_warps, num_stages) for segment kernels, whose
-# owned block is the plan's block_m (64 by default). They were chosen by compiling
-# every kernel for sm_90 with ptxas (triton 3.6, no GPU at hand) and keeping the
-# configurations without register spills where any exist (segment kernels at
-# D = 256 spill in every configuration tried); the timing choice among them is left
+# in {64 (also <= 32), 128, 256}. Entries are (BLOCK_M, BLOCK_N, num_warps, num_stages).
+# A segment kernel's owned block (BLOCK_M for the forward and dQ, BLOCK_N for dK/dV) is a
+# sub-tile of the plan's block_m rows (64 by default; _seg_grid launches block_m // owned
+# programs per plan tile), so the register tile does not have to be the plan tile: fp32
+# and D = 256 need smaller tiles than a plan tile of 64 rows. Every entry was compiled for
+# sm_90 with ptxas (triton 3.6, no GPU at hand; benchmarks/kernel_resources.py) and only
+# configurations without register spills are kept; the timing choice among them is left
 # to the autotuner on the device. Causal dK/dV needs BLOCK_N % BLOCK_M == 0 (the
 # diagonal stage steps through the key tile's own rows in BLOCK_M sub-tiles): every
 # dK/dV entry keeps it. float32 uses exact fp32 dots (FMA units), whose tiles must
@@ -104,16 +105,18 @@ _TABLES = {
                       (32, 32, 4, 2)],
         ("lp", 256): [(64, 16, 8, 2), (32, 32, 8, 2), (32, 32, 4, 1), (32, 16, 4, 2), (16, 16, 4, 2)],
         ("f32", 64): [(64, 32, 8, 2), (32, 32, 4, 2), (32, 16, 4, 2)],
-        ("f32", 128): [(16, 16, 4, 2), (32, 16, 8, 2)],
+        ("f32", 128): [(32, 16, 8, 2), (16, 16, 8, 2), (32, 16, 4, 2)],  # (16, 16, 4, 2) spills 4 B
         ("f32", 256): [(16, 16, 4, 2), (16, 16, 8, 2)],
     },
-    "fwd_seg": {
-        ("lp", 64): [(64, 4, 3), (32, 4, 3), (64, 8, 3), (32, 4, 2)],
-        ("lp", 128): [(32, 4, 2), (64, 8, 3), (16, 4, 3), (32, 8, 3), (32, 8, 2)],
-        ("lp", 256): [(16, 8, 2), (32, 8, 2)],
-        ("f32", 64): [(32, 8, 2), (16, 4, 2)],
-        ("f32", 128): [(16, 8, 2)],
-        ("f32", 256): [(16, 8, 2)],
+    "fwd_seg": {  # (BLOCK_M: a sub-tile of the plan tile, BLOCK_N, warps, stages)
+        ("lp", 64): [(64, 64, 4, 3), (64, 32, 4, 3), (64, 64, 8, 3), (64, 32, 4, 2)],
+        ("lp", 128): [(64, 32, 4, 2), (64, 64, 8, 3), (64, 16, 4, 3), (64, 32, 8, 3), (64, 32, 8, 2)],
+        ("lp", 256): [(64, 16, 8, 2), (64, 32, 8, 2), (32, 16, 4, 2)],
+        # fp32 FMA dots hold their operands replicated across threads: at 64 rows x D = 128
+        # (or 32 rows on 4 warps) they spill 0.6 KB, at 64 x 256 20 KB; 64 x 64 on 4 warps 8 B
+        ("f32", 64): [(64, 32, 8, 2), (32, 16, 4, 2), (32, 32, 4, 2)],
+        ("f32", 128): [(32, 16, 8, 2), (16, 16, 4, 2)],
+        ("f32", 256): [(32, 16, 8, 2), (16, 16, 4, 2), (16, 16, 8, 2)],
     },
     "dkdv": {
         ("lp", 64): [(32, 128, 8, 3), (32, 64, 4, 3), (32, 64, 8, 3), (16, 64, 4, 4), (16, 32, 4, 2)],
@@ -123,13 +126,15 @@ _TABLES = {
         ("f32", 128): [(16, 32, 8, 2), (16, 16, 4, 2)],
         ("f32", 256): [(16, 16, 4, 2), (16, 16, 8, 2)],
     },
-    "dkdv_seg": {
-        ("lp", 64): [(32, 4, 3), (16, 4, 3), (32, 8, 3)],
-        ("lp", 128): [(16, 8, 2), (32, 8, 3)],
-        ("lp", 256): [(16, 8, 2), (32, 8, 3)],
-        ("f32", 64): [(16, 8, 2)],
-        ("f32", 128): [(16, 8, 2)],
-        ("f32", 256): [(16, 8, 2)],
+    "dkdv_seg": {  # (BLOCK_M, BLOCK_N: a sub-tile of the plan tile, warps, stages)
+        ("lp", 64): [(32, 64, 4, 3), (16, 64, 4, 3), (32, 64, 8, 3)],
+        ("lp", 128): [(16, 64, 8, 2), (32, 64, 8, 3)],
+        # 64 keys x D = 256 (dK and dV accumulators, K and V tiles) spill 20-150 B
+        ("lp", 256): [(16, 32, 8, 2), (16, 16, 4, 2), (32, 32, 8, 2)],
+        # fp32: 64 keys spill from D = 64 on (8 B; 0.7 KB at 128, 4 KB at 256), 32 keys on 4 warps at 128
+        ("f32", 64): [(16, 32, 8, 2), (16, 16, 4, 2)],
+        ("f32", 128): [(16, 32, 8, 2), (16, 16, 4, 2)],
+        ("f32", 256): [(16, 16, 4, 2), (16, 16, 8, 2)],
     },
     "dq": {
         ("lp", 64): [(128, 32, 8, 3), (128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 3),
@@ -140,29 +145,26 @@ _TABLES = {
         ("f32", 128): [(64, 16, 8, 2), (32, 16, 4, 2), (16, 16, 4, 2)],
         ("f32", 256): [(16, 16, 4, 2), (32, 16, 8, 2)],
     },
-    "dq_seg": {
-        ("lp", 64): [(32, 4, 3), (64, 4, 3), (16, 4, 3), (32, 8, 2)],
-        ("lp", 128): [(16, 4, 3), (32, 8, 2), (16, 8, 3), (32, 8, 3)],
-        ("lp", 256): [(16, 8, 2), (16, 4, 3)],
-        ("f32", 64): [(32, 8, 2), (16, 4, 2)],
-        ("f32", 128): [(16, 8, 2)],
-        ("f32", 256): [(16, 8, 2)],
+    "dq_seg": {  # (BLOCK_M: a sub-tile of the plan tile, BLOCK_N, warps, stages)
+        ("lp", 64): [(64, 32, 4, 3), (64, 64, 4, 3), (64, 16, 4, 3), (64, 32, 8, 2)],
+        ("lp", 128): [(64, 16, 4, 3), (64, 32, 8, 2), (64, 16, 8, 3), (64, 32, 8, 3)],
+        ("lp", 256): [(64, 16, 8, 2), (32, 16, 4, 2), (32, 32, 8, 2)],  # (64, 16, 4, 3) spills 128 B
+        ("f32", 64): [(64, 32, 8, 2), (64, 16, 4, 2), (32, 16, 4, 2)],
+        ("f32", 128): [(32, 16, 8, 2), (16, 16, 4, 2)],  # 64 rows on 8 warps / 32 on 4 spill 20-30 B
+        ("f32", 256): [(16, 16, 4, 2), (32, 16, 8, 2), (16, 16, 8, 2)],  # 64 rows spilled 1.5 KB
     },
 }
-# the block a segment kernel tunes (its other block is the plan's block_m)
-_SEG_INNER = {"fwd_seg": "BLOCK_N", "dkdv_seg": "BLOCK_M", "dq_seg": "BLOCK_N"}
+# the block a segment kernel owns: a sub-tile of the plan's block_m rows (_seg_grid)
+_SEG_OWNED = {"fwd_seg": "BLOCK_M", "dkdv_seg": "BLOCK_N", "dq_seg": "BLOCK_M"}
 
 
 def _entry_meta(kind, entry):
-    if kind in _SEG_INNER:
-        return {_SEG_INNER[kind]: entry[0]}, entry[1], entry[2]
     return {"BLOCK_M": entry[0], "BLOCK_N": entry[1]}, entry[2], entry[3]
 
 
 def _configs(kind):
     if _INTERPRET:
-        meta = {_SEG_INNER[kind]: 16} if kind in _SEG_INNER else {"BLOCK_M": 16, "BLOCK_N": 16}
-        return [triton.Config(meta, num_warps=4, num_stages=1)]
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
     seen, out = set(), []
     for entries in _TABLES[kind].values():
         for e in entries:
@@ -191,7 +193,22 @@ def _pruner(kind):
             meta, w, st = _entry_meta(kind, e)
             wanted.add((tuple(sorted(meta.items())), w, st))
         keep = [c for c in configs if (tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages) in wanted]
-        if kind not in _SEG_INNER:  # short sequences: drop tiles > 2x the length class
+        if kind in _SEG_OWNED:
+            # the owned block must divide the plan tile (a power of two >= 16); a plan tile smaller
+            # than a table entry's gets the entry with its owned block cut to the plan tile (fewer rows:
+            # fewer registers, so it still fits)
+            seg, owned = _arg(named_args, kwargs, "BLOCK_SEG"), _SEG_OWNED[kind]
+            fit, seen = [], set()
+            for c in keep:
+                meta = dict(c.kwargs)
+                meta[owned] = min(meta[owned], seg)
+                key = (tuple(sorted(meta.items())), c.num_warps, c.num_stages)
+                if key not in seen:
+                    seen.add(key)
+                    fit.append(c if meta == c.kwargs else
+                               triton.Config(meta, num_warps=c.num_warps, num_stages=c.num_stages))
+            keep = fit
+        else:  # short sequences: drop tiles > 2x the length class
             lq, lk = _arg(named_args, kwargs, "LQ_CLASS"), _arg(named_args, kwargs, "LK_CLASS")
             owned, other = ("BLOCK_N", "BLOCK_M") if kind == "dkdv" else ("BLOCK_M", "BLOCK_N")
             l_own, l_other = (lk, lq) if kind == "dkdv" else (lq, lk)
@@ -289,14 +306,16 @@ def _fwd_kernel(
     pid = tl.program_id(0)
     # -- which tile: base offsets (int64), local query start, lengths -----------------
     if IS_SEGMENT:
-        tile = pid // H
-        h = pid % H
+        # BLOCK_SEG // BLOCK_M programs share one plan tile (see _seg_grid)
+        sub = pid % (BLOCK_SEG // BLOCK_M)
+        tile = pid // (BLOCK_SEG // BLOCK_M) // H
+        h = pid // (BLOCK_SEG // BLOCK_M) % H
         seg = tl.load(PLAN + 2 * tile)
         row0 = tl.load(PLAN + 2 * tile + 1).to(tl.int64)
         seg_lo = tl.load(PTR + seg)
         len_q = (tl.load(PTR + seg + 1) - seg_lo).to(tl.int32)
         len_k = len_q
-        start_m = (row0 - seg_lo).to(tl.int32)
+        start_m = (row0 - seg_lo).to(tl.int32) + sub * BLOCK_M
         q_base = Q + seg_lo * sqm
         k_base = K + seg_lo * skn
         v_base = V + seg_lo * svn
@@ -347,8 +366,9 @@ def _fwd_kernel(
         hi = tl.minimum(len_k, start_m + BLOCK_M)
         full_hi = (tl.minimum(start_m, len_k) // BLOCK_N) * BLOCK_N
     else:
-        hi = len_k
-        full_hi = (len_k // BLOCK_N) * BLOCK_N
+        # a sub-tile past its segment's end (IS_SEGMENT) visits no key and stores nothing
+        hi = tl.where(start_m < len_q, len_k, 0)
+        full_hi = (hi // BLOCK_N) * BLOCK_N
     acc, l_i, m_i = _fwd_inner(
         acc, l_i, m_i, q, k_base, v_base, skn, svn, rows, offs_n, offs_d, offs_dv,
         0, full_hi, len_k, qk_scale, D, DV,
@@ -478,14 +498,16 @@ def _bwd_dkdv_kernel(
     """One program owns one key tile of one head and loops over the query tiles."""
     pid = tl.program_id(0)
     if IS_SEGMENT:
-        tile = pid // H
-        h = pid % H
+        # BLOCK_SEG // BLOCK_N programs share one plan tile (see _seg_grid)
+        sub = pid % (BLOCK_SEG // BLOCK_N)
+        tile = pid // (BLOCK_SEG // BLOCK_N) // H
+        h = pid // (BLOCK_SEG // BLOCK_N) % H
         seg = tl.load(PLAN + 2 * tile)
         row0 = tl.load(PLAN + 2 * tile + 1).to(tl.int64)
         seg_lo = tl.load(PTR + seg)
         len_q = (tl.load(PTR + seg + 1) - seg_lo).to(tl.int32)
         len_k = len_q
-        start_n = (row0 - seg_lo).to(tl.int32)
+        start_n = (row0 - seg_lo).to(tl.int32) + sub * BLOCK_N
         q_base = Q + seg_lo * sqm
         k_base = K + seg_lo * skn
         v_base = V + seg_lo * svn
@@ -549,7 +571,9 @@ def _bwd_dkdv_kernel(
         lo = start_n + BLOCK_N
     else:
         lo = 0
-    n_full = (tl.maximum(len_q - lo, 0) // BLOCK_M) * BLOCK_M
+    # a key sub-tile past its segment's end (IS_SEGMENT) visits no query and stores nothing
+    q_hi = tl.where(start_n < len_k, len_q, 0)
+    n_full = (tl.maximum(q_hi - lo, 0) // BLOCK_M) * BLOCK_M
     dk, dv = _bwd_dkdv_inner(
         dk, dv, k, v, q_base, do_base, l_base, dl_base, sqm, sdom, slm, sdlm,
         cols, offs_m, offs_d, offs_dv,
@@ -558,7 +582,7 @@ def _bwd_dkdv_kernel(
     dk, dv = _bwd_dkdv_inner(
         dk, dv, k, v, q_base, do_base, l_base, dl_base, sqm, sdom, slm, sdlm,
         cols, offs_m, offs_d, offs_dv,
-        lo + n_full, len_q, len_q, qk_scale, D, DV,
+        lo + n_full, q_hi, len_q, qk_scale, D, DV,
         BLOCK_M, True, False, EVEN_D, EVEN_DV, DOT_PREC)
 
     dk = dk * scale
@@ -625,14 +649,16 @@ def _bwd_dq_kernel(
     """One program owns one query tile of one head and loops over the key tiles."""
     pid = tl.program_id(0)
     if IS_SEGMENT:
-        tile = pid // H
-        h = pid % H
+        # BLOCK_SEG // BLOCK_M programs share one plan tile (see _seg_grid)
+        sub = pid % (BLOCK_SEG // BLOCK_M)
+        tile = pid // (BLOCK_SEG // BLOCK_M) // H
+        h = pid // (BLOCK_SEG // BLOCK_M) % H
         seg = tl.load(PLAN + 2 * tile)
         row0 = tl.load(PLAN + 2 * tile + 1).to(tl.int64)
         seg_lo = tl.load(PTR + seg)
         len_q = (tl.load(PTR + seg + 1) - seg_lo).to(tl.int32)
         len_k = len_q
-        start_m = (row0 - seg_lo).to(tl.int32)
+        start_m = (row0 - seg_lo).to(tl.int32) + sub * BLOCK_M
         q_base = Q + seg_lo * sqm
         k_base = K + seg_lo * skn
         v_base = V + seg_lo * svn
@@ -688,8 +714,9 @@ def _bwd_dq_kernel(
         hi = tl.minimum(len_k, start_m + BLOCK_M)
         full_hi = (tl.minimum(start_m, len_k) // BLOCK_N) * BLOCK_N
     else:
-        hi = len_k
-        full_hi = (len_k // BLOCK_N) * BLOCK_N
+        # a sub-tile past its segment's end (IS_SEGMENT) visits no key and stores nothing
+        hi = tl.where(start_m < len_q, len_k, 0)
+        full_hi = (hi // BLOCK_N) * BLOCK_N
     dq = _bwd_dq_inner(
         dq, q, do, lse2, delta, k_base, v_base, skn, svn, rows, offs_n, offs_d, offs_dv,
         0, full_hi, len_k, qk_scale, D, DV,
@@ -1000,6 +1027,12 @@ def _seg_prepare(q, k, v, ptr, plan, block_m, what):
     return ptr, plan, block_m
 
 
+def _seg_grid(T, H, block_m, owned):
+    """Grid of a segment kernel: each plan tile of block_m rows is split into block_m // meta[owned]
+    sub-tiles, one program each (the register tile is the autotuned block, not the plan's)."""
+    return lambda meta: (T * H * (block_m // meta[owned]),)
+
+
 @_on_tensor_device
 def segment_attention_forward(q, k, v, ptr, scale, *, plan=None, block_m=None):
     """Block-diagonal attention: q, k [N, H, D], v [N, H, Dv], ptr int64 [S + 1].
@@ -1022,13 +1055,13 @@ def segment_attention_forward(q, k, v, ptr, scale, *, plan=None, block_m=None):
     T = plan.shape[0]
     if T == 0 or H == 0:
         return out, lse
-    _fwd_segment[(T * H,)](
+    _fwd_segment[_seg_grid(T, H, block_m, "BLOCK_M")](
         q, k, v, out, lse, ptr, plan,
         0, q.stride(0), q.stride(1), 0, k.stride(0), k.stride(1), 0, v.stride(0), v.stride(1),
         0, out.stride(0), out.stride(1), 0, lse.stride(0), lse.stride(1),
         H, N, N, scale * LOG2E,
         _len_class(block_m), _len_class(block_m),
-        CAUSAL=False, IS_SEGMENT=True, SCALE_NONNEG=scale >= 0, BLOCK_SEG=block_m, BLOCK_M=block_m,
+        CAUSAL=False, IS_SEGMENT=True, SCALE_NONNEG=scale >= 0, BLOCK_SEG=block_m,
         **_common_meta(q, v, scale),
     )
     return out, lse
@@ -1066,18 +1099,18 @@ def segment_attention_backward(grad_out, grad_lse, q, k, v, out, lse, ptr, scale
         0, lse.stride(0), lse.stride(1), 0, delta.stride(0), delta.stride(1),
     )
     sizes = (H, N, N, scale * LOG2E, scale, _len_class(block_m), _len_class(block_m))
-    _dkdv_segment[(T * H,)](
+    _dkdv_segment[_seg_grid(T, H, block_m, "BLOCK_N")](
         q, k, v, grad_out, lse, delta, dk, dv, ptr, plan,
         *common,
         0, dk.stride(0), dk.stride(1), 0, dv.stride(0), dv.stride(1),
         *sizes,
-        CAUSAL=False, IS_SEGMENT=True, BLOCK_SEG=block_m, BLOCK_N=block_m, **meta,
+        CAUSAL=False, IS_SEGMENT=True, BLOCK_SEG=block_m, **meta,
     )
-    _dq_segment[(T * H,)](
+    _dq_segment[_seg_grid(T, H, block_m, "BLOCK_M")](
         q, k, v, grad_out, lse, delta, dq, ptr, plan,
         *common,
         0, dq.stride(0), dq.stride(1),
         *sizes,
-        CAUSAL=False, IS_SEGMENT=True, BLOCK_SEG=block_m, BLOCK_M=block_m, **meta,
+        CAUSAL=False, IS_SEGMENT=True, BLOCK_SEG=block_m, **meta,
     )
     return dq, dk, dv

@@ -19,7 +19,10 @@ inline at::ScalarType stats_dtype(const at::Tensor& q) {
 }
 
 inline RowsParams rows_params(const at::Tensor& t) {
-  TORCH_CHECK(t.dim() == 3 && (t.size(-1) <= 1 || t.stride(-1) == 1), "graphattn: internal: rows tensor not [N, H, D] with unit last stride");
+  // An empty tensor is never read, and torch calls it contiguous whatever its strides, so
+  // .contiguous() leaves e.g. a [0, H, 2D][..., ::2] view with last stride 2: accept it.
+  TORCH_CHECK(t.dim() == 3 && (t.size(-1) <= 1 || t.stride(-1) == 1 || t.numel() == 0),
+              "graphattn: internal: rows tensor not [N, H, D] with unit last stride");
   return RowsParams{t.data_ptr(), t.stride(0), t.stride(1)};
 }
 

@@ -14,6 +14,7 @@ Delta = rowsum(dO * O) - dlse.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -195,7 +196,8 @@ def attention(backend, call, q, k, v, graph, bias, scale: float, causal: bool):
 def attention_dense_nd(q, k, v, scale: float, causal: bool, backend: str):
     """q [*B, Lq, H, D] -> (out [*B, Lq, H, Dv], lse [*B, Lq, H]); kernels see one batch dim."""
     lead = q.shape[:-3]
-    flat = lambda t: t.reshape((-1,) + t.shape[-3:])  # noqa: E731
+    batch = math.prod(lead)  # not -1: reshape cannot infer it when a length is 0
+    flat = lambda t: t.reshape((batch,) + t.shape[-3:])  # noqa: E731
     out, lse = attention_dense(flat(q), flat(k), flat(v), scale, causal, backend)
     return out.reshape(lead + out.shape[1:]), lse.reshape(lead + lse.shape[1:])
 

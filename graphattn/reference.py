@@ -97,11 +97,14 @@ def dense_attention(q, k, v, scale=None, causal=False):
     lse [*B, Lq, H]).
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    if k.shape[-3] == 0:  # nothing to attend to: zeros, like a target without edges
-        out = v.new_zeros(q.shape[:-1] + v.shape[-1:])
-        return out, q.new_full(q.shape[:-1], -math.inf)
     qh, kh, vh = (t.transpose(-3, -2) for t in (q, k, v))  # [*B, H, L, D]
     scores = scale * (qh @ kh.transpose(-1, -2))  # [*B, H, Lq, Lk]
+    if k.shape[-3] == 0:
+        # Nothing to attend to: out 0 and lse -inf, like a target without edges. Computed from the
+        # empty products rather than made as constants, so that autograd still reaches q, k and v
+        # (with zero gradients).
+        out, lse = scores @ vh, torch.logsumexp(scores, dim=-1)
+        return out.transpose(-3, -2), lse.transpose(-2, -1)
     if causal:
         lq, lk = scores.shape[-2:]
         allowed = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril()
@@ -130,6 +133,6 @@ def segment_attention(q, k, v, ptr, scale=None):
         o, l = dense_attention(q[start:end], k[start:end], v[start:end], scale=scale)
         outs.append(o)
         lses.append(l)
-    if not outs:
-        return v.new_zeros((0, q.shape[1], v.shape[-1])), q.new_zeros((0, q.shape[1]))
+    if not outs:  # no nodes at all: the empty dense call keeps autograd's path to q, k and v
+        return dense_attention(q, k, v, scale=scale)
     return torch.cat(outs), torch.cat(lses)

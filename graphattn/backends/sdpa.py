@@ -39,6 +39,10 @@ class SdpaBackend(Backend):
     autograd_by_ops = False  # differentiated by torch's autograd
 
     def attention(self, call, q, k, v, graph, bias, scale, causal):
+        if scale == 0.0:
+            # torch's CPU flash SDPA returns NaN for scale=0 with is_causal (seen with torch 2.13); the
+            # same all-zero scores come from q * 0 at scale 1, and q's gradient is 0 either way.
+            q, scale = q * 0.0, 1.0
         out = F.scaled_dot_product_attention(
             q.transpose(-3, -2), k.transpose(-3, -2), v.transpose(-3, -2), is_causal=causal, scale=scale)
         lse = _dense_lse(q, k, scale, causal) if call.return_lse else None

@@ -92,11 +92,13 @@ class SoakReport:
     rss_growth_mb: float = 0.0  # end - after warm-up (malloc_trim'd readings)
     rss_growth_untrimmed_mb: float = 0.0  # the same without malloc_trim
     rss_samples_mb: list = field(default_factory=list)
+    object_samples: list = field(default_factory=list)  # live Python objects at each RSS sample
     graphs_built: int = 0
     graphs_outlived_call: int = 0  # not freed by refcounting when their call returned
     graphs_alive: int = 0  # of those, still alive after a full collection
     max_cache_keys: int = 0
     cache_keys_seen: list = field(default_factory=list)
+    no_grad_calls: list = field(default_factory=list)
     objects_after_warmup: int = 0
     objects_end: int = 0
     compiled_graphs: int = 0
@@ -121,6 +123,7 @@ class SoakReport:
                        f"{self.cache_keys_seen}")
         if self.objects_end - self.objects_after_warmup > max_object_growth:
             out.append(f"live Python objects grew from {self.objects_after_warmup} to {self.objects_end}")
+        # Static, dynamic, and the E = 1 specialisation: 3 graphs at most.
         if self.compiled_calls and (self.compiled_graphs > 3 or self.recompile_limit_hit):
             out.append(f"torch.compile built {self.compiled_graphs} graphs for varying sizes "
                        f"(recompile limit hit: {self.recompile_limit_hit})")
@@ -220,6 +223,9 @@ def warmup_plan(triton_ok: bool, triton_kinds=TRITON_KINDS):
     return plan + ([(kind, "triton") for kind in triton_kinds] if triton_ok else [])
 
 
+NO_GRAD_CALLS = []  # calls whose outputs came back detached from autograd (a defect, reported, not a leak)
+
+
 def one_call(i: int, rng: random.Random, device: str, kind: str, backend: str, n_max: int = 3000,
              dense_bf16: bool = False) -> str:
     """One forward+backward call of the given kind on a freshly drawn graph; returns its label."""
@@ -288,6 +294,9 @@ def one_call(i: int, rng: random.Random, device: str, kind: str, backend: str, n
     outs = result if isinstance(result, tuple) else (result,)
     loss = sum(o.float().nan_to_num(0.0, 0.0, 0.0).square().sum() for o in outs)
     leaves = [t for t in (q, k, v, kwargs.get("bias"), kwargs.get("att")) if t is not None]
+    if not torch.is_tensor(loss) or not loss.requires_grad:
+        NO_GRAD_CALLS.append(f"call {i}: {kind}/{backend}, q {list(q.shape)}")
+        return f"{kind}/{backend}"
     torch.autograd.grad(loss, leaves, allow_unused=True)
     return f"{kind}/{backend}"
 
@@ -365,10 +374,12 @@ class _Compiled:
         self.fn = torch.compile(lambda q, k, v, e: graphattn.attention(q, k, v, e), fullgraph=True,
                                 backend="aot_eager")
 
-    def run(self, count, rng):
-        for _ in range(count):
-            n = rng.randint(2, 400)
-            e = rng.randint(1, 8 * n)
+    def run(self, count, rng, sizes=()):
+        """`count` calls of random N and E, after the given (N, E) pairs."""
+        draws = list(sizes) + [None] * count
+        for size in draws:
+            n = rng.randint(2, 400) if size is None else size[0]
+            e = rng.randint(1, 8 * n) if size is None else size[1]
             g = torch.Generator().manual_seed(20_000 + self.calls)
             q, k, v = (torch.randn(n, 2, 8, generator=g).to(self.device).requires_grad_() for _ in range(3))
             out = self.fn(q, k, v, _random_edges(rng, n, n, e, self.device))
@@ -394,6 +405,7 @@ def soak(calls=2000, layer_steps=300, compiled_calls=100, warmup=200, warmup_ste
 
     def reading():
         gc.collect()
+        report.object_samples.append(len(gc.get_objects()))
         untrimmed = rss_mb()
         malloc_trim()
         return untrimmed, rss_mb()
@@ -412,8 +424,11 @@ def soak(calls=2000, layer_steps=300, compiled_calls=100, warmup=200, warmup_ste
         for i in range(warmup_steps):
             tracker.run(models.step, i, rng)
     compiled = _Compiled(device) if compiled_calls else None
-    if compiled:  # dynamo's one-time setup, and the first (static, then dynamic) graphs
-        compiled.run(min(4, compiled_calls), rng)
+    if compiled:
+        # dynamo's one-time setup, and its three graphs: static (first call), dynamic (first new
+        # size; it guards E >= 2, as dynamo specialises sizes 0 and 1), and E = 1, which the
+        # random draws meet now and then.
+        compiled.run(min(4, compiled_calls), rng, sizes=[(50, 20), (60, 30), (70, 1)])
     t = phase("warmup", t)
     warm_untrimmed, report.rss_after_warmup_mb = reading()
     report.objects_after_warmup = len(gc.get_objects())
@@ -454,6 +469,7 @@ def soak(calls=2000, layer_steps=300, compiled_calls=100, warmup=200, warmup_ste
     report.objects_end = len(gc.get_objects())
     report.rss_samples_mb.append(round(report.rss_end_mb, 1))
     report.graphs_built = tracker.built
+    report.no_grad_calls = list(NO_GRAD_CALLS)
     report.graphs_outlived_call = len(tracker.kept)
     report.graphs_alive = tracker.alive()
     report.max_cache_keys = tracker.max_keys
@@ -489,6 +505,7 @@ def main(argv=None) -> int:
           f"end {report.rss_end_mb:.1f} MB: growth {report.rss_growth_mb:+.1f} MB "
           f"({report.rss_growth_untrimmed_mb:+.1f} MB without malloc_trim)")
     print(f"RSS samples (MB): {report.rss_samples_mb}")
+    print(f"live Python objects at those samples: {report.object_samples}")
     print(f"{report.calls} calls ({report.triton_calls} on triton), {report.layer_steps} layer steps, "
           f"{report.compiled_calls} compiled calls -> {report.compiled_graphs} compiled graphs; "
           f"{report.graphs_built} graphs built, {report.graphs_outlived_call} outlived their call, "
@@ -496,6 +513,8 @@ def main(argv=None) -> int:
           f"largest Graph cache {report.max_cache_keys} keys {report.cache_keys_seen}; "
           f"Python objects {report.objects_after_warmup} -> {report.objects_end}; {report.seconds:.0f} s "
           f"{report.phase_seconds}")
+    if report.no_grad_calls:
+        print(f"outputs detached from autograd (not a memory problem; a defect to report): {report.no_grad_calls}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(asdict(report), f, indent=1)

@@ -338,3 +338,21 @@ def test_duplicate_edges_and_self_loops_count_as_edges(backend):
     assert_matches(lse, ref_lse, torch.float32, "lse")
     for name, a, b in zip(("dq", "dk", "dv", "dbias"), grads, ref_grads):
         assert_matches(a, b, torch.float32, name)
+
+
+@pytest.mark.parametrize("fullgraph", [False, True])
+def test_graph_of_other_size_under_torch_compile_still_names_the_fix(fullgraph):
+    """Validation errors raised while dynamo traces (the Graph's sizes are checked against q/k at
+    trace time) come back as the ValueError itself without fullgraph; with fullgraph=True dynamo
+    wraps them (torch._dynamo.exc.Unsupported, a RuntimeError: "Observed exception") with the
+    original message in its text and as its __cause__. Either way the user reads what to fix.
+    (Out-of-range indices are checked when the compiled graph runs instead, and stay IndexError.)"""
+    torch._dynamo.reset()
+    graph = Graph.from_edge_index(EDGES[:, (EDGES < N - 1).all(0)], num_nodes=N - 1)
+    q = random_rows(N, H, D, torch.float32, seed=1)
+    fn = torch.compile(lambda q: graphattn.attention(q, q, q, graph), fullgraph=fullgraph, backend="aot_eager")
+    words = r"the Graph has 8 sources and 8 targets.*num_nodes=\(N_src, N_dst\)"
+    with pytest.raises(RuntimeError if fullgraph else ValueError, match=words) as info:
+        fn(q)
+    if fullgraph:
+        assert "ValueError" in repr(info.value.__cause__)

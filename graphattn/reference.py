@@ -72,7 +72,7 @@ def sparse_attention(q, k, v, src, dst, bias=None, scale=None, *, score="dot", n
     denom = scores.new_zeros((n_dst, heads)).index_add(0, dst, weights)
     # Such a row has denom 0: lse -inf, weights 0. torch.where (not a division by 0 or log(0))
     # keeps its gradients 0 instead of inf * 0 = NaN.
-    has_weight = denom > 0
+    has_weight = denom != 0  # not > 0: a NaN sum (a NaN score) keeps its NaN lse
     safe_denom = torch.where(has_weight, denom, torch.ones_like(denom))
     lse = torch.where(has_weight, row_max + torch.log(safe_denom), torch.full_like(denom, -math.inf))
     alpha = weights / safe_denom[dst]

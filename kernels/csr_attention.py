@@ -354,7 +354,7 @@ def _csr_fwd_kernel(
                     offs_e, offs_h, k_off, v_off, mask_h, mask_hd, mask_hdv,
                     stride_kn, stride_vn, stride_be, stride_bh, slope, seed0, seed1, drop_threshold,
                     HAS_BIAS, SCORE, DROPOUT)
-            nonempty = l_i > 0.0
+            nonempty = l_i != 0.0  # not > 0: a NaN sum (a NaN score) keeps a NaN lse, not -inf
             l_safe = tl.where(nonempty, l_i, 1.0)
             if DROPOUT:
                 o = acc * (keep_scale / l_safe)[:, None]
@@ -472,7 +472,7 @@ def _csr_fwd_merge_kernel(
     for s in range(s_begin, s_end):
         m, l, acc = _lse_merge_step(s, m, l, acc, part_out_ptr, part_lse_ptr, H, DV, offs_h, o_off,
                                     mask_h, mask_hdv)
-    nonempty = l > 0.0
+    nonempty = l != 0.0  # a NaN sum keeps its NaN (see the forward)
     l_safe = tl.where(nonempty, l, 1.0)
     tl.store(out_ptr + row * (H * DV) + o_off, (acc / l_safe[:, None]).to(out_ptr.dtype.element_ty),
              mask=mask_hdv)

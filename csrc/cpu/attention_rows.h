@@ -388,7 +388,9 @@ GRAPHATTN_CPU_TARGET void forward_rows(const ForwardParams& p, const Neighbours&
       // A row without edges, or with every edge masked: out = 0 and lse = -inf (row_sum is 0).
       const acc_t inv = row_sum[h] > 0 ? keep_scale / row_sum[h] : acc_t(0);
       store_row(out + h * Dv, acc.data() + h * Dv, inv, Dv);
-      lse[h] = row_sum[h] > 0 ? row_max[h] + std::log(row_sum[h]) : neg_inf;
+      // == 0, not > 0: a NaN sum (a NaN score in the row) must give a NaN lse, not -inf, so that the
+      // backward does not take the row for one without edges and drop the NaN (API: NaN reaches its rows).
+      lse[h] = row_sum[h] == 0 ? neg_inf : row_max[h] + std::log(row_sum[h]);
     }
     if (p.alpha != nullptr) {
       // The weights, now that lse is known: from the scores still in the buffer when the

@@ -506,7 +506,7 @@ GA_DEVICE void forward_store(const ForwardParams& p, int64_t i, const LaneMap<C>
     inv[pp] = st.l[pp] > 0.f ? 1.f / st.l[pp] : 0.f;
     if (map.leader(pp))
       static_cast<float*>(p.lse)[i * p.num_heads + map.head[pp]] =
-          st.l[pp] > 0.f ? st.m[pp] + logf(st.l[pp]) : kNegInf;
+          st.l[pp] == 0.f ? kNegInf : st.m[pp] + logf(st.l[pp]);  // a NaN sum keeps its NaN
   }
   store_row<C>(p.out, p.num_heads, static_cast<int>(p.value_dim), i, map, map.vmask, st.acc, inv);
 }

@@ -269,6 +269,32 @@ class Graph:
                 self._cache[key] = build()
             return self._cache[key]
 
+    def check_edges(self, with_transposed: bool = False) -> None:
+        """IndexError unless the CSR that kernels read is well formed: offsets run from 0 to E
+        without decreasing, every source is in [0, num_src) and every edge id in [0, E) (and the
+        same of the transpose). Graph.from_edge_index builds it so; this catches a Graph whose
+        tensors were altered afterwards, for backends whose kernels do not check where they read."""
+        if self.kind != "csr":
+            return
+        parts = [("rowptr", "col", self.rowptr, self.col, self.eid, self.num_dst, self.num_src)]
+        if with_transposed:
+            t = self.transposed()
+            parts.append(("transposed colptr", "transposed row", t.colptr, t.row, t.eid, self.num_src, self.num_dst))
+        e = self.col.numel()
+        for ptr_name, idx_name, ptr, idx, eid, rows, other in parts:
+            if (ptr.numel() != rows + 1 or int(ptr[0]) != 0 or int(ptr[-1]) != e
+                    or (rows and bool((ptr[1:] < ptr[:-1]).any()))):
+                raise IndexError(f"graphattn: the Graph's {ptr_name} is not offsets from 0 to {e} over {rows} rows; "
+                                 "rebuild the Graph from a valid edge_index")
+            for name, t, n in ((idx_name, idx, other), ("edge ids", eid, e)):
+                if t.numel() != e:
+                    raise IndexError(f"graphattn: the Graph's {name} has {t.numel()} entries, not {e}; rebuild it")
+                if e:
+                    lo, hi = (int(x) for x in torch.aminmax(t))
+                    if lo < 0 or hi >= n:
+                        raise IndexError(f"graphattn: edge endpoint {lo if lo < 0 else hi} outside [0, {n}) in the "
+                                         f"Graph's {name}; rebuild the Graph from a valid edge_index")
+
     def sorted_targets(self) -> torch.Tensor:
         """The target of each edge in target-sorted order, [E]."""
         if self.kind != "csr":

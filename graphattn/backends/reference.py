@@ -8,15 +8,10 @@ from .base import Backend, stats_dtype
 
 
 def _checked_sources(graph):
-    """graph.col, after checking it addresses rows of k/v: torch's indexing would wrap a negative
-    index to the last rows silently. A Graph built by Graph.from_edge_index is checked already;
-    this catches one whose tensors were altered afterwards, as the C++ kernels do where they read."""
-    col = graph.col
-    if col.numel() and (int(col.min()) < 0 or int(col.max()) >= graph.num_src):
-        bad = int(col.min()) if int(col.min()) < 0 else int(col.max())
-        raise IndexError(f"graphattn: edge endpoint {bad} outside [0, {graph.num_src}); "
-                         "rebuild the Graph from a valid edge_index")
-    return col
+    """graph.col, after checking the Graph: torch's indexing would wrap a negative index to the
+    last rows silently (a Graph whose tensors were altered after it was built)."""
+    graph.check_edges()
+    return graph.col
 
 
 class ReferenceBackend(Backend):

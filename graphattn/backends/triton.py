@@ -53,6 +53,9 @@ class TritonBackend(Backend):
         kernels = _import("csr_attention")
 
         def build():
+            # The kernels trust the CSR (no bounds check per edge on the GPU): check it once per
+            # graph, here, where the schedule is built from it.
+            graph.check_edges(with_transposed)
             colptr = graph.transposed().colptr if with_transposed else None
             return kernels.pack_plan(kernels.build_csr_plan(graph.rowptr, colptr))
 

@@ -47,7 +47,7 @@ endif
 
 # (Re)build the extension in place whenever a C++/CUDA source changes (ninja: only what changed).
 # On a fresh clone the install above has just built it: setup.py keeps the objects in one folder
-# whatever the route and skips an extension newer than its sources, so this does not compile again.
+# whatever the route, so here ninja finds nothing to compile and only the link runs (~2 s).
 graphattn/_C.so: $(STAMP) $(CSRC)
 	$(VENV_PYTHON) setup.py -q build_ext --inplace
 	touch $@
@@ -84,9 +84,9 @@ cuda-check:
 # The copy is refreshed on every call (tracked and untracked, not ignored files, mtimes kept),
 # its objects stay: ninja recompiles only what changed.
 #
-# Measured on the 2-core CI machine (shared with other jobs, so upper bounds), clean clone:
-#   environment ~3 min (downloads ~3 GB), build for sm_80+sm_90 ~6 min, checks ~10 s,
-#   tests (CUDA_TESTS) ~5 min.
+# Measured on the 2-core CI machine, clean clone (each step prints its own time):
+#   environment 67 s (170 s with the download not cached and the machine busy; ~5 GB installed),
+#   build for sm_80+sm_90 164 s, checks 2 s, tests (CUDA_TESTS) 138 s: 6 min 11 s in all.
 CUDA_VENV ?= .venv-cuda
 CUDA_TORCH ?= torch==2.11.0
 CUDA_ARCHS ?= 80;90
@@ -96,20 +96,22 @@ CUDA_TREE ?= build/cuda-tree
 # opcheck, the nn layers, DDP, dispatch, errors. Left to `make test`, which runs them against the
 # same sources: the CUDA kernels' emulation (it would compile them again, 1-2 min), the Triton
 # kernels' own interpreter tests (same triton 3.6.0 in both environments), the fuzzer, the
-# benchmark harness, the gpu-check rehearsal and the > 2**31-element CPU kernel tests (9 GB,
-# ~2 min): torch-version independent, and ~6 min together.
+# benchmark harness, the gpu-check rehearsal and the > 2**31-element CPU kernel tests (9 GB):
+# none depends on torch's version, and together they take most of `make test`'s 9 minutes of tests.
 CUDA_TESTS ?= tests --ignore=tests/test_cuda_emulation.py --ignore=tests/test_triton_csr_kernels.py \
 	--ignore=tests/test_triton_dense_kernels.py --ignore=tests/test_fuzz.py --ignore=tests/test_benchmarks.py \
 	--ignore=tests/test_gpu_check.py --ignore=tests/test_large_sizes.py
-CUDA_PYTHON := $(CURDIR)/$(CUDA_VENV)/bin/python
+CUDA_PYTHON := $(abspath $(CUDA_VENV))/bin/python
 CUDA_STAMP := $(CUDA_VENV)/.graphattn-tools-installed
+# $(call timed,NAME,COMMAND): COMMAND, then how long it took (CI logs keep each step's time).
+timed = start=$$(date +%s); ( $(2) ); rc=$$?; echo "cuda-build: $(1) took $$(($$(date +%s) - start)) s"; exit $$rc
 
 # pip and setuptools stay as the venv brings them (pip 23.2 / setuptools 65 with Python 3.11,
 # no wheel): the old install route (setup.py develop) is then built on every CI run, .venv's
 # current pip (PEP 660) being the new one.
 $(CUDA_STAMP):
-	$(PYTHON) -m venv $(CUDA_VENV)
-	$(CUDA_PYTHON) -m pip install -q "$(CUDA_TORCH)" "$(TRITON)" $(TOOLS)
+	$(call timed,environment,$(PYTHON) -m venv $(CUDA_VENV) && \
+		$(CUDA_PYTHON) -m pip install -q "$(CUDA_TORCH)" "$(TRITON)" $(TOOLS))
 	touch $@
 
 cuda-build: $(CUDA_STAMP)
@@ -117,9 +119,10 @@ cuda-build: $(CUDA_STAMP)
 	mkdir -p $(CUDA_TREE)
 	find $(CUDA_TREE) -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
 	git ls-files -z -co --exclude-standard | tar --null --ignore-failed-read -T - -cf - | tar -xf - -C $(CUDA_TREE)
-	cd $(CUDA_TREE) && export GRAPHATTN_CUDA_ARCHS="$(CUDA_ARCHS)" && $(call editable_install,$(CUDA_PYTHON))
-	cd / && $(CUDA_PYTHON) $(CURDIR)/.ci/check_cuda_build.py $(CURDIR)/$(CUDA_TREE) "$(CUDA_ARCHS)"
-	cd $(CUDA_TREE) && $(CUDA_PYTHON) -m pytest $(CUDA_TESTS) -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(call timed,build,cd $(CUDA_TREE) && export GRAPHATTN_CUDA_ARCHS="$(CUDA_ARCHS)" && \
+		$(call editable_install,$(CUDA_PYTHON)))
+	$(call timed,checks,cd / && $(CUDA_PYTHON) $(CURDIR)/.ci/check_cuda_build.py $(abspath $(CUDA_TREE)) "$(CUDA_ARCHS)")
+	$(call timed,tests,cd $(CUDA_TREE) && $(CUDA_PYTHON) -m pytest $(CUDA_TESTS) -q -p no:cacheprovider $(PYTEST_ARGS))
 
 clean:
 	rm -rf build *.egg-info graphattn/_C*.so

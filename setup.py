@@ -92,8 +92,9 @@ def extension():
     cxx = opt + ["-std=c++20", "-fopenmp", "-fopenmp-simd"]
     cpp = sources("csrc/*.cpp") + sources("csrc/cpu/*.cpp")
     cuda = sources("csrc/cuda/*.cu")
-    # The headers too: setuptools skips an extension whose file is newer than its `sources` and
-    # `depends`, so without them a change to a header alone would leave a stale build.
+    # The headers too. With ninja (the default) the build always runs and ninja tracks headers
+    # itself; without ninja setuptools rebuilds only when a file of `sources` or `depends` is newer
+    # than the extension, so a change to a header alone would leave a stale build.
     headers = sources("csrc/*.h") + sources("csrc/*/*.h") + sources("csrc/cuda/*.cuh")
     if want_cuda(cuda):
         archs = os.environ.get("GRAPHATTN_CUDA_ARCHS", "80;90").split(";")

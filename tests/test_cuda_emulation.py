@@ -294,19 +294,10 @@ def test_masked_edges_and_fully_masked_rows(emu, dtype):
     assert torch.equal(dbias[masked], torch.zeros_like(dbias[masked]))
 
 
-# An open defect of csr_attention.cuh (forward_edges), found here: fmaxf drops a NaN score, so while a
-# row has seen nothing but -inf the NaN counts as a masked edge (`dead`). A NaN at a row's first edge,
-# or a row whose scores are all NaN (NaN in q_i), comes out finite (or out 0, lse -inf) instead of
-# NaN. The CPU kernels and the reference give NaN. Strict: the fix makes these pass, and then fail
-# here until the marker goes.
-NAN_FIRST_EDGE = pytest.mark.xfail(strict=True, raises=AssertionError, reason="CUDA forward drops a NaN score seen before any finite "
-                                   "one (fmaxf ignores NaN; csr_attention.cuh forward_edges `dead`)")
-
-
-@pytest.mark.parametrize("tensor, value", [pytest.param("k", float("nan"), marks=NAN_FIRST_EDGE),
-                                           pytest.param("q", float("nan"), marks=NAN_FIRST_EDGE),
-                                           ("v", float("inf")), ("v", float("nan")),
-                                           pytest.param("k", float("-inf"), marks=NAN_FIRST_EDGE)])
+# NaN at a row's first edge (k), a row of NaN scores (q), -inf in k (NaN scores): fmaxf alone once
+# dropped those NaN as masked edges (found here).
+@pytest.mark.parametrize("tensor, value", [("k", float("nan")), ("q", float("nan")), ("v", float("inf")),
+                                           ("v", float("nan")), ("k", float("-inf"))])
 def test_bad_values_reach_only_the_rows_that_read_them(emu, tensor, value):
     """NaN or inf in one row of q, k or v (every head) shows in the targets that read it, as on the
     CPU kernels (same non-finite pattern, same values elsewhere), and nowhere else: the forward's

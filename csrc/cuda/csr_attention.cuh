@@ -480,7 +480,8 @@ GA_DEVICE void forward_edges(const ForwardParams& p, int64_t first, int64_t last
 #pragma unroll
     for (int pp = 0; pp < C::NP; ++pp) {
       const float s = scale * group_sum(dot_slots<C>(st.q, kf, pp), map.group) + b[pp];
-      const float m_new = fmaxf(st.m[pp], s);
+      // fmaxf ignores a NaN, which would make a NaN score seen before any finite one look masked (dead).
+      const float m_new = s != s ? s : fmaxf(st.m[pp], s);
       const bool dead = m_new == kNegInf;  // nothing but -inf scores so far
       corr[pp] = dead ? 1.f : dev::fast_exp(st.m[pp] - m_new);
       w[pp] = dead ? 0.f : dev::fast_exp(s - m_new);

@@ -126,3 +126,33 @@ cuda-build: $(CUDA_STAMP)
 
 clean:
 	rm -rf build *.egg-info graphattn/_C*.so
+
+# ---- GPU readiness without a GPU (benchmarks/README.md: "Kernel resources", "make gpu-check") ----
+# kernel-resources: registers, spills, shared memory, occupancy on sm_90 of every CUDA kernel and
+# of the Triton variants the launchers choose; rewrites benchmarks/results/kernel-resources-sm90.csv
+# and its README table. kernel-resources-check (CI): fails on a spill of more than KERNEL_SPILL_LIMIT
+# bytes, a compile error or a stale CSV, writes nothing. The limit is not 0: a few CUDA and Triton CSR
+# variants spill 4-36 bytes of cold values at an occupancy step, which only GPU timing can weigh
+# against the lost occupancy of forcing them out (benchmarks/README.md, "Spills").
+# Compiles are cached in ~/.cache/graphattn/kernel-resources (GRAPHATTN_CACHE_DIR moves it).
+# gpu-check OUT=dir: the one command a GPU session runs, in the GPU image's python3 (no venv).
+# gpu-check DRY=1 OUT=dir: its CPU rehearsal in this venv (CI), printing the GPU commands.
+.PHONY: kernel-resources kernel-resources-check gpu-check
+GPU_PYTHON ?= python3
+
+kernel-resources: graphattn/_C.so
+	$(VENV_PYTHON) -m benchmarks.kernel_resources
+
+KERNEL_SPILL_LIMIT ?= 64
+kernel-resources-check: graphattn/_C.so
+	$(VENV_PYTHON) -m benchmarks.kernel_resources --check --max-spill-bytes $(KERNEL_SPILL_LIMIT)
+
+ifeq ($(DRY),1)
+gpu-check: graphattn/_C.so
+	@test -n "$(OUT)" || { echo "make gpu-check DRY=1 OUT=dir: name the output directory"; exit 2; }
+	$(VENV_PYTHON) -m benchmarks.gpu_check --dry --out $(OUT) --gpu-python $(GPU_PYTHON)
+else
+gpu-check:
+	@test -n "$(OUT)" || { echo "make gpu-check OUT=dir: name the output directory"; exit 2; }
+	$(GPU_PYTHON) -m benchmarks.gpu_check --out $(OUT)
+endif

@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from .readme_block import replace_block
+
 ROOT = Path(__file__).resolve().parent.parent
 MAX_FILE_BYTES = 15 * 2**20  # OUT files come back from the GPU machine only under 16 MiB
 # Test files that exercise the GPU backends: the rehearsal fails if one is missing (renamed) or
@@ -213,14 +215,7 @@ def budget_table() -> str:
 
 
 def update_readme_budget(readme: Path) -> bool:
-    text = readme.read_text()
-    if BUDGET_BEGIN not in text or BUDGET_END not in text:
-        return False
-    block = f"{BUDGET_BEGIN}\n{budget_table()}\n{BUDGET_END}"
-    new = re.sub(re.escape(BUDGET_BEGIN) + ".*?" + re.escape(BUDGET_END), lambda _: block, text, flags=re.S)
-    if new != text:
-        readme.write_text(new)
-    return True
+    return replace_block(readme, BUDGET_BEGIN, BUDGET_END, budget_table())
 
 
 # ---------------------------------------------------------------------------

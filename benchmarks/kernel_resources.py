@@ -54,6 +54,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
+from .readme_block import replace_block
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CSV = ROOT / "benchmarks" / "results" / "kernel-resources-sm90.csv"
 README = ROOT / "benchmarks" / "README.md"
@@ -758,14 +759,7 @@ def readme_block(rows, csv_path: Path) -> str:
 
 
 def update_readme(rows, csv_path: Path, readme: Path = README) -> bool:
-    text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        return False
-    block = f"{BEGIN}\n{readme_block(rows, csv_path)}\n{END}"
-    new = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    if new != text:
-        readme.write_text(new)
-    return True
+    return replace_block(readme, BEGIN, END, readme_block(rows, csv_path))
 
 
 def readme_in_sync(rows, csv_path: Path, readme: Path = README) -> bool:

@@ -11,10 +11,10 @@ drawn from that file by benchmarks/plot.py.
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 from . import common, plot
+from .readme_block import replace_block
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -116,12 +116,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--readme", default=str(ROOT / "README.md"))
     args = parser.parse_args(argv)
-    text = Path(args.readme).read_text()
-    if BEGIN not in text or END not in text:
+    if not replace_block(Path(args.readme), BEGIN, END, render()):
         raise SystemExit(f"{args.readme} has no {BEGIN} ... {END} block")
-    block = f"{BEGIN}\n{render()}\n{END}"
-    Path(args.readme).write_text(re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text,
-                                        flags=re.S))
     print(f"updated {args.readme}")
     return 0
 

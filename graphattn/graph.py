@@ -50,15 +50,21 @@ def _check_index_tensor(name: str, t, dim: int) -> None:
         raise ValueError(f"{name} must be {shape}, got shape {list(t.shape)}")
 
 
+def _out_of_range(idx: Tensor, n: int):
+    """An entry of `idx` outside [0, n) (the lowest if one is negative, else the highest), or None."""
+    if idx.numel() == 0:
+        return None
+    lo, hi = (int(t) for t in torch.aminmax(idx))
+    return lo if lo < 0 else hi if hi >= n else None
+
+
 def _check_range(name: str, idx: Tensor, n: int) -> None:
     """IndexError unless every entry of `idx` is in [0, n)."""
-    if idx.numel() == 0:
-        return
-    lo, hi = (int(t) for t in torch.aminmax(idx))
-    if lo < 0 or hi >= n:
+    bad = _out_of_range(idx, n)
+    if bad is not None:
         side = "k/v" if "sources" in name else "q"
         raise IndexError(
-            f"{name} holds index {lo if lo < 0 else hi}, outside [0, {n}); every index must address a row "
+            f"{name} holds index {bad}, outside [0, {n}); every index must address a row "
             f"of {side} (pass num_nodes=(N_src, N_dst) if the graph has more nodes)"
         )
 
@@ -289,11 +295,10 @@ class Graph:
             for name, t, n in ((idx_name, idx, other), ("edge ids", eid, e)):
                 if t.numel() != e:
                     raise IndexError(f"graphattn: the Graph's {name} has {t.numel()} entries, not {e}; rebuild it")
-                if e:
-                    lo, hi = (int(x) for x in torch.aminmax(t))
-                    if lo < 0 or hi >= n:
-                        raise IndexError(f"graphattn: edge endpoint {lo if lo < 0 else hi} outside [0, {n}) in the "
-                                         f"Graph's {name}; rebuild the Graph from a valid edge_index")
+                bad = _out_of_range(t, n)
+                if bad is not None:
+                    raise IndexError(f"graphattn: edge endpoint {bad} outside [0, {n}) in the "
+                                     f"Graph's {name}; rebuild the Graph from a valid edge_index")
 
     def sorted_targets(self) -> torch.Tensor:
         """The target of each edge in target-sorted order, [E]."""

@@ -1,5 +1,11 @@
 """GATConv, GATv2Conv and TransformerConv over graphattn.attention (see graphattn/nn/__init__.py).
 
+`edge_index` is any form graphattn/nn/adjacency.py takes (an integer tensor [2, E], a torch
+sparse adj_t [N_dst, N_src] in CSR/CSC/COO, a torch_sparse.SparseTensor, a graphattn.Graph);
+`adjacency.prepare` turns it into the Graph to attend over (prepared once per pattern, self-loops
+included), the edges in that Graph's column order, edge features in that order, and the form the
+attention weights are returned in (PyG's for each form).
+
 Where PyG puts an edge-feature term inside the LeakyReLU (GAT / GATv2 with
 `edge_dim`), the score is not of the fused "gat"/"gatv2" form: the layer then
 computes the per-edge score `[E, H]` itself and hands it to graphattn.attention
@@ -17,6 +23,8 @@ from torch import Tensor
 from torch.nn import Parameter
 
 from ..attention import attention
+from ..graph import Graph
+from . import adjacency
 
 
 # ---------------------------------------------------------------- helpers
@@ -44,60 +52,13 @@ def _reset_linear(lin: torch.nn.Linear) -> None:
         lin.reset_parameters()
 
 
-def _check_edge_index(edge_index) -> Tensor:
-    if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.shape[0] != 2:
-        raise TypeError("edge_index must be an integer tensor [2, E] (PyG's SparseTensor is not taken), got "
-                        f"{type(edge_index).__name__}{list(edge_index.shape) if isinstance(edge_index, Tensor) else ''}")
-    if edge_index.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"edge_index must be int64 or int32, got {edge_index.dtype}")
-    return edge_index
-
-
-def remove_self_loops(edge_index: Tensor, edge_attr: Optional[Tensor] = None):
-    keep = edge_index[0] != edge_index[1]
-    return edge_index[:, keep], None if edge_attr is None else edge_attr[keep]
-
-
-def add_self_loops(edge_index: Tensor, edge_attr: Optional[Tensor], fill_value, num_nodes: int):
-    """Append the loops i -> i for i < num_nodes (after the existing edges, as PyG does); their
-    edge features from `fill_value`: None (ones), a float, a tensor, or a reduction of each
-    target's incoming edge features ('add'/'sum', 'mean', 'max', 'min', 'mul')."""
-    loops = torch.arange(num_nodes, device=edge_index.device, dtype=edge_index.dtype)
-    new_index = torch.cat([edge_index, torch.stack([loops, loops])], dim=1)
-    if edge_attr is None:
-        return new_index, None
-    size = (num_nodes,) + tuple(edge_attr.shape[1:])
-    if fill_value is None:
-        loop_attr = edge_attr.new_ones(size)
-    elif isinstance(fill_value, (int, float)) and not isinstance(fill_value, bool):
-        loop_attr = edge_attr.new_full(size, float(fill_value))
-    elif isinstance(fill_value, Tensor):
-        loop_attr = fill_value.to(edge_attr.device, edge_attr.dtype)
-        if edge_attr.dim() != loop_attr.dim():
-            loop_attr = loop_attr.unsqueeze(0)
-        loop_attr = loop_attr.expand(size).contiguous()
-    elif isinstance(fill_value, str):
-        col = edge_index[1].long()
-        index = col.view(-1, *([1] * (edge_attr.dim() - 1))).expand_as(edge_attr)
-        reduce = {"add": "sum", "sum": "sum", "mean": "mean", "max": "amax", "min": "amin",
-                  "mul": "prod"}.get(fill_value)
-        if reduce is None:
-            raise ValueError(f"fill_value must be None, a float, a tensor or one of 'add', 'sum', 'mean', "
-                             f"'max', 'min', 'mul', got {fill_value!r}")
-        loop_attr = edge_attr.new_zeros(size).scatter_reduce(0, index, edge_attr, reduce, include_self=False)
-    else:
-        raise ValueError(f"fill_value must be None, a float, a tensor or a reduction name, got {fill_value!r}")
-    return new_index, torch.cat([edge_attr, loop_attr], dim=0)
-
-
-def _attention_by_score(scores: Tensor, v: Tensor, edge_index: Tensor, n_dst: int, dropout_p: float,
-                        need_alpha: bool):
+def _attention_by_score(scores: Tensor, v: Tensor, graph: Graph, n_dst: int, dropout_p: float, need_alpha: bool):
     """Softmax over each target's edges of precomputed `scores [E, H]`, aggregation of v, in the op:
     a score="dot" call whose q, k are zero (so s = bias = scores)."""
     heads = scores.shape[1]
     q = scores.new_zeros(n_dst, heads, 1)
     k = scores.new_zeros(v.shape[0], heads, 1)
-    res = attention(q, k, v, edge_index, bias=scores, scale=1.0, dropout_p=dropout_p, return_attention=need_alpha)
+    res = attention(q, k, v, graph, bias=scores, scale=1.0, dropout_p=dropout_p, return_attention=need_alpha)
     return res if need_alpha else (res, None)
 
 
@@ -132,12 +93,6 @@ class _GATBase(torch.nn.Module):
         if self.bias is not None:
             out = out + self.bias
         return out
-
-    def _loops(self, edge_index, edge_attr, num_nodes):
-        if self.add_self_loops:
-            edge_index, edge_attr = remove_self_loops(edge_index, edge_attr)
-            edge_index, edge_attr = add_self_loops(edge_index, edge_attr, self.fill_value, num_nodes)
-        return edge_index, edge_attr
 
     def _edge_features(self, edge_attr: Optional[Tensor]) -> Optional[Tensor]:
         if edge_attr is None or self.lin_edge is None:
@@ -197,7 +152,6 @@ class GATConv(_GATBase):
     def forward(self, x, edge_index, edge_attr: Optional[Tensor] = None, size=None,
                 return_attention_weights: Optional[bool] = None):
         H, C = self.heads, self.out_channels
-        edge_index = _check_edge_index(edge_index)
         x_src, x_dst = _split(x)
         res = self.res(x_dst) if (self.res is not None and x_dst is not None) else None
         if self.lin is not None:
@@ -207,27 +161,32 @@ class GATConv(_GATBase):
             h_src = self.lin_src(x_src).view(-1, H, C)
             h_dst = None if x_dst is None else self.lin_dst(x_dst).view(-1, H, C)
         n_src = h_src.shape[0]
-        n_dst = size[1] if size is not None else (h_dst.shape[0] if h_dst is not None else n_src)
+        if size is not None:
+            n_dst = size[1]
+        elif h_dst is not None:
+            n_dst = h_dst.shape[0]
+        else:  # no target features: a sparse adjacency or Graph states the targets, else as many as sources
+            n_dst = (adjacency.num_nodes(edge_index) or (n_src, n_src))[1]
+        loops = (min(size) if size is not None else min(n_src, n_dst)) if self.add_self_loops else None
+        adj = adjacency.prepare(edge_index, n_src, n_dst, self_loops=loops, device=h_src.device)
         a_src = (h_src * self.att_src).sum(-1)  # [N_src, H]
         a_dst = (h_dst * self.att_dst).sum(-1) if h_dst is not None else h_src.new_zeros(n_dst, H)
-        if self.add_self_loops:
-            num_nodes = min(size) if size is not None else min(n_src, h_dst.shape[0] if h_dst is not None
-                                                                 else n_src)
-            edge_index, edge_attr = self._loops(edge_index, edge_attr, num_nodes)
         p = self.dropout if self.training else 0.0
         need = bool(return_attention_weights)
-        e = self._edge_features(edge_attr)
+        e = None
+        if self.lin_edge is not None:
+            e = self._edge_features(adj.edge_attr(edge_attr, self.fill_value, use_values=True))
         if e is None:
-            out = attention(a_dst, a_src, h_src, edge_index, score="gat", negative_slope=self.negative_slope,
+            out = attention(a_dst, a_src, h_src, adj.graph, score="gat", negative_slope=self.negative_slope,
                             dropout_p=p, return_attention=need)
             out, alpha = out if need else (out, None)
         else:
-            src, dst = edge_index[0].long(), edge_index[1].long()
+            src, dst = adj.edges()
             s = F.leaky_relu(a_src[src] + a_dst[dst] + (e * self.att_edge).sum(-1), self.negative_slope)
-            out, alpha = _attention_by_score(s, h_src, edge_index, n_dst, p, need)
+            out, alpha = _attention_by_score(s, h_src, adj.graph, n_dst, p, need)
         out = self._finish(out, res)
         if return_attention_weights:
-            return out, (edge_index, alpha)
+            return out, adj.weights(alpha)
         return out
 
 
@@ -267,7 +226,6 @@ class GATv2Conv(_GATBase):
     def forward(self, x, edge_index, edge_attr: Optional[Tensor] = None,
                 return_attention_weights: Optional[bool] = None):
         H, C = self.heads, self.out_channels
-        edge_index = _check_edge_index(edge_index)
         x_src, x_dst = _split(x)
         if x_dst is None:
             raise ValueError("GATv2Conv needs target features: x_dst must not be None")
@@ -277,24 +235,27 @@ class GATv2Conv(_GATBase):
             x_r = x_l if self.share_weights else self.lin_r(x_src).view(-1, H, C)
         else:
             x_r = self.lin_r(x_dst).view(-1, H, C)
-        if self.add_self_loops:
-            edge_index, edge_attr = self._loops(edge_index, edge_attr, min(x_l.shape[0], x_r.shape[0]))
-        p = self.dropout if self.training else 0.0
-        need = bool(return_attention_weights)
-        e = self._edge_features(edge_attr) if edge_attr is not None else None
         if edge_attr is not None and self.lin_edge is None:
             raise ValueError("edge_attr was given but the layer was built without edge_dim")
+        n_src, n_dst = x_l.shape[0], x_r.shape[0]
+        adj = adjacency.prepare(edge_index, n_src, n_dst, device=x_l.device,
+                                self_loops=min(n_src, n_dst) if self.add_self_loops else None)
+        p = self.dropout if self.training else 0.0
+        need = bool(return_attention_weights)
+        e = None
+        if self.lin_edge is not None:
+            e = self._edge_features(adj.edge_attr(edge_attr, self.fill_value, use_values=True))
         if e is None:
-            out = attention(x_r, x_l, x_l, edge_index, score="gatv2", att=self.att.view(H, C),
+            out = attention(x_r, x_l, x_l, adj.graph, score="gatv2", att=self.att.view(H, C),
                             negative_slope=self.negative_slope, dropout_p=p, return_attention=need)
             out, alpha = out if need else (out, None)
         else:
-            src, dst = edge_index[0].long(), edge_index[1].long()
+            src, dst = adj.edges()
             s = (F.leaky_relu(x_r[dst] + x_l[src] + e, self.negative_slope) * self.att).sum(-1)
-            out, alpha = _attention_by_score(s, x_l, edge_index, x_r.shape[0], p, need)
+            out, alpha = _attention_by_score(s, x_l, adj.graph, n_dst, p, need)
         out = self._finish(out, res)
         if return_attention_weights:
-            return out, (edge_index, alpha)
+            return out, adj.weights(alpha)
         return out
 
 
@@ -341,7 +302,6 @@ class TransformerConv(torch.nn.Module):
     def forward(self, x, edge_index, edge_attr: Optional[Tensor] = None,
                 return_attention_weights: Optional[bool] = None):
         H, C = self.heads, self.out_channels
-        edge_index = _check_edge_index(edge_index)
         x_src, x_dst = _split(x)
         query = self.lin_query(x_dst).view(-1, H, C)
         key = self.lin_key(x_src).view(-1, H, C)
@@ -350,17 +310,20 @@ class TransformerConv(torch.nn.Module):
         scale = 1.0 / math.sqrt(C)
         if edge_attr is not None and self.lin_edge is None:
             raise ValueError("edge_attr was given but the layer was built without edge_dim")
+        adj = adjacency.prepare(edge_index, key.shape[0], query.shape[0], device=query.device)
+        graph = adj.graph
+        edge_attr = adj.edge_attr(edge_attr, use_values=True) if self.lin_edge is not None else None
         if edge_attr is not None:
             e = self.lin_edge(edge_attr).view(-1, H, C)
-            dst = edge_index[1].long()
+            dst = adj.edges()[1]
             bias = scale * (query[dst] * e).sum(-1)
-            out, alpha = attention(query, key, value, edge_index, bias=bias, scale=scale, dropout_p=p,
+            out, alpha = attention(query, key, value, graph, bias=bias, scale=scale, dropout_p=p,
                                    return_attention=True)
             out = out + out.new_zeros(out.shape).index_add(0, dst, alpha[..., None] * e)
         elif isinstance(return_attention_weights, bool):
-            out, alpha = attention(query, key, value, edge_index, scale=scale, dropout_p=p, return_attention=True)
+            out, alpha = attention(query, key, value, graph, scale=scale, dropout_p=p, return_attention=True)
         else:
-            out, alpha = attention(query, key, value, edge_index, scale=scale, dropout_p=p), None
+            out, alpha = attention(query, key, value, graph, scale=scale, dropout_p=p), None
         if self.concat:
             out = out.reshape(-1, H * C)
         else:
@@ -374,8 +337,8 @@ class TransformerConv(torch.nn.Module):
                 out = out + x_r
         # PyG returns the weights whenever return_attention_weights is a bool (True or False).
         # Note: with dropout in training these are after dropout (PyG's are before).
-        if isinstance(return_attention_weights, bool):
-            return out, (edge_index, alpha)
+        if isinstance(return_attention_weights, bool):  # PyG returns a torch sparse adj_t as it is here
+            return out, adj.weights(alpha, sparse_value=False)
         return out
 
     def __repr__(self) -> str:

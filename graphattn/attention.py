@@ -206,12 +206,21 @@ def attention(q, k, v, edge_index=None, *, bias=None, scale: Optional[float] = N
         q, k, v = q[None], k[None], v[None]
         graph, pattern = None, "dense"
 
+    # Segments on CPU: auto picks the segment kernel or SDPA over padded blocks by the mean segment
+    # size and whether a backward follows (graphattn/dispatch.py). Outside torch.compile only (the
+    # size is read from ptr); under it the segment kernel's op serves, as before.
+    segment_degree, needs_grad = 0.0, False
+    if (pattern == "segments" and backend == "auto" and q.device.type == "cpu"
+            and not torch.compiler.is_compiling()):
+        segment_degree = dispatch.segment_degree(graph)
+        needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     call = Call(
         pattern=pattern, device_type=q.device.type, dtype=q.dtype,
         num_heads=v.shape[-2], head_dim=1 if score == "gat" else q.shape[-1], value_dim=v.shape[-1],
         has_bias=bias is not None, causal=bool(causal),
         deterministic=torch.are_deterministic_algorithms_enabled(), return_lse=bool(return_lse),
         score=score, dropout=dropout_p > 0, return_attention=return_attention,
+        segment_degree=segment_degree, needs_grad=needs_grad,
     )
     chosen = dispatch.choose(call, backend)
     if call.score == "dot" and not call.dropout and not call.return_attention:

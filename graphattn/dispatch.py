@@ -4,6 +4,11 @@ backend with no reasons against it wins; a forced backend must serve or raise.
 Priorities (fastest first):
 - CPU: the fused C++ kernels for edge lists and segments; SDPA for dense
   (it is the dense contract itself, and uses torch's tiled CPU flash kernel).
+  Segments go to SDPA over padded blocks instead (the sdpa backend) when their mean
+  size E / N reaches the crossover measured for the dtype and for forward or
+  forward+backward (graphattn/segment_crossover.py, written by
+  `python -m benchmarks.segment_crossover`); calls asking for lse, calls under
+  torch.compile and dtypes or modes without a measured crossover stay on the kernel.
 - CUDA: Triton for edge lists and segments; for dense, SDPA until the Triton
   dense kernel has GPU measurements that show where it wins (no GPU data is
   committed yet: see benchmarks/results/).
@@ -12,6 +17,7 @@ The Triton interpreter (CPU tensors) is never chosen by auto, only forced.
 """
 from __future__ import annotations
 
+from . import segment_crossover
 from .backends import BACKENDS, Backend, Call
 
 _PRIORITY = {
@@ -28,7 +34,24 @@ class BackendError(ValueError):
     """No backend (or not the forced one) can serve this call; the message says why."""
 
 
+def segment_degree(graph) -> float:
+    """E / N of a segments Graph: the mean over nodes of the size of the node's segment
+    (sum(n_s^2) / sum(n_s)); 0 without nodes. Computed once per Graph."""
+    return graph.cached("segment_degree", lambda: graph.num_edges / graph.num_dst if graph.num_dst else 0.0)
+
+
+def segments_by_sdpa(call: Call) -> bool:
+    """Whether auto sends this segments call to SDPA over padded blocks rather than the segment kernel."""
+    if call.pattern != "segments" or call.device_type != "cpu" or call.return_lse or call.segment_degree <= 0:
+        return False
+    key = (str(call.dtype).replace("torch.", ""), "fwdbwd" if call.needs_grad else "fwd")
+    threshold = segment_crossover.THRESHOLDS.get(key)
+    return threshold is not None and call.segment_degree >= threshold
+
+
 def priority(call: Call) -> tuple:
+    if segments_by_sdpa(call):
+        return ("sdpa", "cpu", "reference")
     return _PRIORITY.get((call.device_type, call.pattern), ("reference",))
 
 

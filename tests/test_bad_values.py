@@ -31,7 +31,7 @@ BAD = 3
 
 
 def segment_backends():
-    names = ["cpu", "reference"] if DEVICE == "cpu" else ["reference"]
+    names = ["cpu", "sdpa", "reference"] if DEVICE == "cpu" else ["reference"]
     if has_triton_kernels("dense_attention"):
         names.append("triton")
     return names

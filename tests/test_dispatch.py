@@ -140,3 +140,89 @@ def test_rerouting_a_complete_graph_to_the_dense_path_is_invisible(dtype, shuffl
     for a, b in zip(got if return_lse else (got,), want if return_lse else (want,)):
         assert a.shape == b.shape and a.dtype == b.dtype
         torch.testing.assert_close(a, b, atol=2e-2 if dtype == torch.bfloat16 else 1e-5, rtol=1e-2)
+
+
+# ---------------------------------------------------------------------------
+# Segments on CPU: the segment kernel or SDPA over padded blocks, by the measured crossover
+# (graphattn/segment_crossover.py, written by benchmarks/segment_crossover.py)
+# ---------------------------------------------------------------------------
+CROSSOVER = {("float32", "fwd"): 20.0, ("float32", "fwdbwd"): 10.0, ("bfloat16", "fwd"): None,
+             ("float64", "fwd"): 10.0, ("float64", "fwdbwd"): 10.0}
+
+
+@pytest.fixture
+def crossover(monkeypatch):
+    from graphattn import segment_crossover
+
+    monkeypatch.setattr(segment_crossover, "THRESHOLDS", dict(CROSSOVER))
+
+
+@pytest.mark.parametrize("degree, needs_grad, expected", [
+    (19.9, False, "cpu"), (20.0, False, "sdpa"), (500.0, False, "sdpa"),
+    (9.9, True, "cpu"), (10.0, True, "sdpa"), (15.0, True, "sdpa"),
+    (0.0, False, "cpu"),  # not measured (torch.compile, or not auto): the kernel
+])
+def test_segments_pick_each_side_of_the_crossover(crossover, degree, needs_grad, expected):
+    call = make_call(pattern="segments", segment_degree=degree, needs_grad=needs_grad)
+    assert dispatch.choose(call).name == expected
+
+
+def test_segments_without_a_measured_crossover_stay_on_the_kernel(crossover):
+    # None (the kernel won at every measured size), a missing dtype, lse asked for, another device
+    assert dispatch.choose(make_call(pattern="segments", dtype=torch.bfloat16, segment_degree=1e4)).name == "cpu"
+    assert dispatch.choose(make_call(pattern="segments", dtype=torch.float16, segment_degree=1e4)).name == "cpu"
+    assert dispatch.choose(make_call(pattern="segments", segment_degree=1e4, return_lse=True)).name == "cpu"
+    assert not dispatch.segments_by_sdpa(make_call(pattern="segments", device_type="cuda", segment_degree=1e4))
+
+
+def test_the_committed_crossover_is_followed():
+    """Each (dtype, mode) of the generated file: just below its threshold the kernel, at it SDPA."""
+    from graphattn import segment_crossover
+
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+    for (dtype, mode), threshold in segment_crossover.THRESHOLDS.items():
+        fields = dict(pattern="segments", dtype=names[dtype], needs_grad=mode == "fwdbwd")
+        if threshold is None:
+            assert dispatch.choose(make_call(segment_degree=1e6, **fields)).name == "cpu"
+            continue
+        assert dispatch.choose(make_call(segment_degree=threshold * 0.99, **fields)).name == "cpu"
+        assert dispatch.choose(make_call(segment_degree=threshold, **fields)).name == "sdpa"
+
+
+def _chosen(monkeypatch):
+    seen = []
+    choose = graphattn.dispatch.choose
+    monkeypatch.setattr(graphattn.dispatch, "choose", lambda call, backend="auto": (
+        seen.append(choose(call, backend).name), choose(call, backend))[1])
+    return seen
+
+
+def test_attention_routes_segments_by_size_and_backward(crossover, monkeypatch):
+    """graphattn.attention measures E / N (cached on the Graph) and whether a backward follows."""
+    small = graphattn.Graph.block_diagonal(torch.tensor([0, 4, 8, 12]))  # E / N = 4
+    large = graphattn.Graph.block_diagonal(torch.tensor([0, 0, 30, 42]))  # E / N = (900 + 144) / 42
+    assert dispatch.segment_degree(large) == pytest.approx((900 + 144) / 42)
+    seen = _chosen(monkeypatch)
+    for graph in (small, large):
+        n = graph.num_dst
+        q = torch.randn(n, 2, 8)
+        graphattn.attention(q, q, q, graph)  # forward only: threshold 20
+        graphattn.attention(q.requires_grad_(), q, q, graph)  # a backward follows: threshold 10
+        with torch.no_grad():
+            graphattn.attention(q, q, q, graph)
+        graphattn.attention(q, q, q, graph, return_lse=True)
+        graphattn.attention(q, q, q, graph, backend="cpu")
+    assert seen == ["cpu", "cpu", "cpu", "cpu", "cpu",
+                    "sdpa", "sdpa", "sdpa", "cpu", "cpu"]
+
+
+def test_routed_segments_give_the_kernels_result(crossover, monkeypatch):
+    graph = graphattn.Graph.block_diagonal(torch.tensor([0, 0, 30, 31, 55]))
+    q, k, v = (torch.randn(55, 2, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    seen = _chosen(monkeypatch)
+    out = graphattn.attention(q, k, v, graph)
+    assert seen == ["sdpa"]
+    ref = graphattn.attention(q, k, v, graph, backend="cpu")
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(torch.autograd.grad(out.sum(), (q, k, v)), torch.autograd.grad(ref.sum(), (q, k, v))):
+        torch.testing.assert_close(a, b)

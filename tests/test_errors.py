@@ -114,7 +114,7 @@ def test_graph_on_another_device():
 
 
 def test_forced_backend_that_cannot_serve_names_its_reason():
-    with pytest.raises(graphattn.BackendError, match="sdpa.*serves the dense pattern"):
+    with pytest.raises(graphattn.BackendError, match="sdpa.*serves the dense/segments pattern"):
         call(backend="sdpa")
     with pytest.raises(ValueError):  # BackendError is a ValueError
         call(backend="sdpa")

@@ -482,7 +482,7 @@ def documented_backends(case: Case) -> set:
     names = set()
     if DEVICE == "cpu" and case.pattern in ("sparse", "segments"):
         names.add("cpu")
-    if case.pattern == "dense":
+    if case.pattern == "dense" or (DEVICE == "cpu" and case.pattern == "segments"):
         names.add("sdpa")
     triton = TRITON_CSR if case.pattern == "sparse" else TRITON_DENSE
     if triton and case.dtype != "float64":

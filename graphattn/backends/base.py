@@ -40,6 +40,11 @@ class Call:
     score: str = "dot"  # "dot", "gat" or "gatv2"
     dropout: bool = False  # attention dropout with dropout_p > 0
     return_attention: bool = False  # the caller wants alpha [E, H]
+    # Segments under auto on CPU (0 / False elsewhere): the mean segment size seen by a node,
+    # E / N = sum(n_s^2) / sum(n_s), and whether a backward will follow; dispatch compares them
+    # with the measured crossover of graphattn/segment_crossover.py.
+    segment_degree: float = 0.0
+    needs_grad: bool = False
 
 
 class Backend:

@@ -1,11 +1,16 @@
 """Dense attention by torch's own scaled_dot_product_attention (flash, cuDNN,
 memory-efficient or math, as torch chooses). It is the contract's definition
-of the dense path, so it serves every dense call on any device."""
+of the dense path, so it serves every dense call on any device.
+
+On CPU it also serves segments (a batch of complete graphs): SDPA over padded blocks
+(graphattn/backends/sdpa_segments.py), which `auto` picks over the segment kernel where a
+measured crossover says it is faster (graphattn/dispatch.py)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from . import sdpa_segments
 from .base import Backend
 
 # Query rows per block when lse is asked for: bounds the scores held at once
@@ -32,13 +37,21 @@ def _dense_lse(q, k, scale, causal):
 class SdpaBackend(Backend):
     name = "sdpa"
     devices = ("cpu", "cuda")
-    patterns = ("dense",)
+    patterns = ("dense", "segments")
     supports_bias = False
     # SDPA's CUDA backwards (flash / efficient) accumulate with atomics.
     deterministic_on = ("cpu",)
     autograd_by_ops = False  # differentiated by torch's autograd
 
+    def not_supported_reasons(self, call):
+        reasons = super().not_supported_reasons(call)
+        if call.pattern == "segments" and call.device_type != "cpu":
+            reasons.append(f"serves segments on cpu only (SDPA over padded blocks), not {call.device_type}")
+        return reasons
+
     def attention(self, call, q, k, v, graph, bias, scale, causal):
+        if call.pattern == "segments":
+            return sdpa_segments.segment_attention(q, k, v, graph, scale, call.return_lse)
         if scale == 0.0:
             # torch's CPU flash SDPA returns NaN for scale=0 with is_causal (seen with torch 2.13); the
             # same all-zero scores come from q * 0 at scale 1, and q's gradient is 0 either way.

@@ -16,6 +16,11 @@ raw edge_index passed each call: the Graph is built inside the call), graphattn-
 torch-sdpa-padded, pyg-scatter, pyg-transformerconv, flex-blockmask, dgl-edge_softmax; graphattn and
 pyg: whole models' training steps (mode "train") of benchmarks/models.py, run by benchmarks/layers.py.
 
+Dense baselines: torch-sdpa takes SDPA's own contiguous [1, H, N, D] layout (made in prepare);
+torch-sdpa-blhd takes the [1, N, H, D] data graphattn takes and transposes inside the timed call
+(like for like with graphattn's dense path). FlexAttention: flex (dense, no mask), flex-document
+(segments, a document mask), flex-blockmask (edge list, a BlockMask over the adjacency).
+
 Heavy imports (torch_geometric, dgl, flex_attention) happen inside `prepare`, in the worker.
 """
 from __future__ import annotations
@@ -204,12 +209,34 @@ def _projected(job, graph, attend):
 class TorchSdpa(Provider):
     name = "torch-sdpa"
     forms = ("dense",)
-    note = "F.scaled_dot_product_attention on [1, H, N, D], no mask"
+    note = ("F.scaled_dot_product_attention on contiguous [1, H, N, D] made in prepare (not the layout graphattn "
+            "takes: torch-sdpa-blhd is like for like), no mask")
 
     def prepare(self, job, graph):
         q, k, v = make_qkv(graph.num_nodes, job["H"], job["D"], parse_dtype(job["dtype"]), job["device"],
                            job["seed"], job["mode"] == "fwdbwd", layout="bhnd")
         return (lambda: F.scaled_dot_product_attention(q, k, v)), [q, k, v]
+
+
+class TorchSdpaBlhd(Provider):
+    """SDPA on exactly the data graphattn's dense path takes: q, k, v [N, H, D] leaves, given a batch
+    dim and viewed as [1, H, N, D] (transposes, no copies) inside the timed call, the output viewed
+    back as [1, N, H, D]: what graphattn-<b> on the dense form does, without graphattn."""
+
+    name = "torch-sdpa-blhd"
+    forms = ("dense",)
+    note = ("F.scaled_dot_product_attention on the [1, N, H, D] tensors graphattn takes, transposed to "
+            "[1, H, N, D] views and back inside the timed call (like for like with graphattn-<b>), no mask")
+
+    def prepare(self, job, graph):
+        q, k, v = make_qkv(graph.num_nodes, job["H"], job["D"], parse_dtype(job["dtype"]), job["device"],
+                           job["seed"], job["mode"] == "fwdbwd")
+
+        def forward():
+            out = F.scaled_dot_product_attention(q[None].transpose(1, 2), k[None].transpose(1, 2),
+                                                 v[None].transpose(1, 2))
+            return out.transpose(1, 2)
+        return forward, [q, k, v]
 
 
 class TorchSdpaMask(Provider):
@@ -329,23 +356,89 @@ class PygTransformerConv(Provider):
 # ---------------------------------------------------------------------------
 # FlexAttention, DGL
 # ---------------------------------------------------------------------------
-class FlexBlockMask(Provider):
+class FlexAttention(Provider):
+    """torch.compile(flex_attention) on the [N, H, D] data graphattn takes (viewed as [1, H, N, D]
+    and the output viewed back inside the timed call), one provider per form:
+    - flex (dense): no mask;
+    - flex-document (segments): the document mask `doc[q] == doc[kv]` of the segment ids, a
+      BlockMask built by create_block_mask with _compile=True (no [N, N] mask is materialised);
+    - flex-blockmask (edge list): a BlockMask over a boolean [N, N] adjacency (duplicates collapse).
+    The mask and the compile of the first call (in the grad mode of the timed calls) happen in
+    prepare: prep_s includes them, the timed calls do not. Where torch has no FlexAttention for a
+    job (torch 2.13: no backward on CPU, no float64 on CPU), the row records torch's own error."""
+
+    form = "?"
+    mask_note = ""
+
+    def __init__(self):
+        self.forms = (self.form,)
+        self.note = (f"torch.compile(flex_attention){self.mask_note}; q, k, v [N, H, D] as graphattn takes them; "
+                     "mask build and compile in prep_s")
+
+    def estimate_bytes(self, job, num_edges):
+        return _inputs_bytes(job)
+
+    def block_mask(self, job, graph):
+        return None
+
+    def prepare(self, job, graph):
+        from torch.nn.attention.flex_attention import flex_attention
+
+        n = graph.num_nodes
+        q, k, v = make_qkv(n, job["H"], job["D"], parse_dtype(job["dtype"]), job["device"], job["seed"],
+                           job["mode"] == "fwdbwd")
+        block_mask = self.block_mask(job, graph)
+        flex = torch.compile(flex_attention, dynamic=False)
+
+        def forward():
+            out = flex(q[None].transpose(1, 2), k[None].transpose(1, 2), v[None].transpose(1, 2),
+                       block_mask=block_mask)
+            return out.transpose(1, 2)
+
+        with torch.set_grad_enabled(job["mode"] == "fwdbwd"):
+            forward()  # the compile, in the grad mode of the timed calls
+        return forward, [q, k, v]
+
+
+class FlexDense(FlexAttention):
+    name = "flex"
+    form = "dense"
+    mask_note = ", no mask"
+
+
+class FlexDocument(FlexAttention):
+    name = "flex-document"
+    form = "segments"
+    mask_note = " with a document-mask BlockMask (create_block_mask, _compile=True) from the segment ids"
+
+    def estimate_bytes(self, job, num_edges):
+        blocks = float(job["N"]) / 128 + 1
+        return _inputs_bytes(job) + 16.0 * blocks * blocks + 16.0 * job["N"]  # block tables, segment ids
+
+    def block_mask(self, job, graph):
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        ptr, n = graph.segments(), graph.num_nodes
+        doc = torch.repeat_interleave(torch.arange(ptr.numel() - 1), ptr[1:] - ptr[:-1]).to(job["device"])
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return doc[q_idx] == doc[kv_idx]
+
+        return create_block_mask(mask_mod, None, None, n, n, device=job["device"], _compile=True)
+
+
+class FlexBlockMask(FlexAttention):
     name = "flex-blockmask"
-    forms = ("csr",)
-    devices = ("cuda",)
-    note = ("torch.compile(flex_attention) with a BlockMask from create_block_mask over a boolean [N, N] "
-            "adjacency (duplicates collapse); mask build and compile excluded")
+    form = "csr"
+    mask_note = " with a BlockMask from create_block_mask over a boolean [N, N] adjacency (duplicates collapse)"
 
     def estimate_bytes(self, job, num_edges):
         return _inputs_bytes(job) + float(job["N"]) ** 2 * 1.2 + 16.0 * num_edges
 
-    def prepare(self, job, graph):
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    def block_mask(self, job, graph):
+        from torch.nn.attention.flex_attention import create_block_mask
 
-        device = job["device"]
-        n = graph.num_nodes
-        q, k, v = make_qkv(n, job["H"], job["D"], parse_dtype(job["dtype"]), device, job["seed"],
-                           job["mode"] == "fwdbwd", layout="bhnd")
+        device, n = job["device"], graph.num_nodes
         src, dst = graph.edges().to(device)
         adj = torch.zeros(n, n, dtype=torch.bool, device=device)
         adj[dst, src] = True
@@ -353,9 +446,7 @@ class FlexBlockMask(Provider):
         def mask_mod(b, h, q_idx, kv_idx):
             return adj[q_idx, kv_idx]
 
-        block_mask = create_block_mask(mask_mod, None, None, n, n, device=device)
-        flex = torch.compile(flex_attention, dynamic=False)
-        return (lambda: flex(q, k, v, block_mask=block_mask)), [q, k, v]
+        return create_block_mask(mask_mod, None, None, n, n, device=device)
 
 
 class DglEdgeSoftmax(Provider):
@@ -461,6 +552,9 @@ LAYER_PROVIDERS = ("graphattn", "pyg")
 _FIXED = {p.name: p for p in (TorchSdpa(), TorchSdpaMask(), TorchSdpaPadded(), PygScatter(),
                               PygTransformerConv(), FlexBlockMask(), DglEdgeSoftmax(),
                               *(LayerProvider(name) for name in LAYER_PROVIDERS))}
+
+
+_FIXED.update({p.name: p for p in (TorchSdpaBlhd(), FlexDense(), FlexDocument())})
 
 
 def get_provider(name: str) -> Provider:

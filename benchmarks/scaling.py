@@ -1,25 +1,31 @@
 """The scaling study: how time and peak memory grow with size, density, skew, heads, dtype.
 
-    python -m benchmarks.scaling --sweep {n,density,skew,heads,dtype,segments,all}
+    python -m benchmarks.scaling --sweep {n,density,skew,heads,dtype,segments,crossover,all}
         [--quick] [--device cpu|cuda] [--dtype float32[,bfloat16...]] [--mode fwd|fwdbwd|both]
         [--out CSV] [--repeats R] [--case-timeout S] [--mem-limit-gb G] [--backends cpu,triton]
-        [--no-baselines] [--providers P,...] [--n-sparse N,...] [--n-dense N,...]
+        [--no-baselines] [--providers P,...] [--n-sparse N,...] [--n-dense N,...] [--n-segments N]
         [--isolation auto|forkserver|spawn|none]
 
 Sweeps (each case x provider x mode is one row of the CSV, measured in its own process):
 - n: N at a fixed average in-degree (sparse, uniform random edges) - time and memory grow as E;
   N at full connectivity (dense: graphattn's dense path and torch SDPA, both O(N) memory, N^2
   time; and the same complete graph as an edge list while it fits: N^2 time and memory).
+  Dense baselines: torch-sdpa-blhd (SDPA on the same [1, N, H, D] data, transposed inside the
+  timed call: like for like), torch-sdpa (SDPA on its own [1, H, N, D] layout), flex.
   Baselines: pyg-scatter; pyg-transformerconv against graphattn-<b>+proj (both include the same
   q/k/v Linear projections); on CUDA flex-blockmask and dgl-edge_softmax.
 - density: fixed N, edges drawn with probability p (no duplicates); graphattn's sparse path vs
   dense SDPA with the boolean mask built from the edge list (the dense alternative for an
-  arbitrary graph), plus pyg-scatter (and flex on CUDA): the crossover density.
+  arbitrary graph), plus pyg-scatter and flex-blockmask (and dgl on CUDA): the crossover density.
 - skew: equal N and E, uniform vs power-law in-degrees (Zipf exponent) vs one hub node.
 - heads: (H, D) pairs at fixed N and E, with the TransformerConv comparison.
 - dtype: each dtype on a sparse and a dense case.
-- segments: batches of complete graphs (graph transformers): graphattn's segment path vs the
-  same pairs as an edge list vs padded SDPA with a key-padding mask vs pyg-scatter.
+- segments: batches of complete graphs (graph transformers): graphattn's segment backends (the
+  segment kernel; on CPU also sdpa, SDPA over padded blocks) vs the same pairs as an edge list vs
+  padded SDPA with a key-padding mask vs flex-document vs pyg-scatter.
+- crossover: batches of complete graphs of narrow size ranges, graphattn's segment backends
+  only, every dtype: the rows benchmarks/segment_crossover.py turns into the crossover auto uses
+  on CPU (graphattn/segment_crossover.py).
 
 FLOPs = 4·E·H·D forward, x3.5 forward+backward (backward = 2.5x forward); dense E = N^2.
 GB/s (sparse forward only) = E·2·H·D·bytes / time. A provider or case that cannot run is a
@@ -36,7 +42,10 @@ from . import common
 from .providers import graphattn_backends
 from .runner import Runner, make_job
 
-SWEEPS = ("n", "density", "skew", "heads", "dtype", "segments")
+SWEEPS = ("n", "density", "skew", "heads", "dtype", "segments", "crossover")
+# Segment sizes of the crossover sweep: ranges about each power of two, so that E / N (the mean
+# segment size a node sees, what auto's crossover is expressed in) steps by about 2.
+CROSSOVER_RANGES = [(3, 5), (6, 10), (12, 20), (24, 40), (48, 80), (96, 160), (192, 320)]
 
 # Sizes per (device, quick). CPU sizes fit a 2-core, 24 GB machine in tens of minutes per sweep;
 # CUDA sizes an 80 GB H100. The per-case caps (memory estimate, --case-timeout, predicted time
@@ -48,6 +57,7 @@ CONFIGS = {
         skew_n=2**16, heads_n=2**15, heads=[(1, 64), (2, 32), (4, 32), (4, 64), (8, 32), (8, 64), (16, 16), (2, 128)],
         dtype_sparse_n=2**15, dtype_dense_n=2048, dtypes=["float32", "bfloat16", "float16", "float64"],
         segments_n=2**15, segment_ranges=[(4, 16), (16, 64), (64, 256), (256, 1024)],
+        crossover_n=2**14, crossover_ranges=CROSSOVER_RANGES,
         repeats=10, budget_s=15.0, timeout_s=300.0),
     ("cuda", False): dict(
         degree=16, n_sparse=[2**12, 2**14, 2**16, 2**18, 2**20, 2**22], n_dense=[2**k for k in range(10, 17)],
@@ -56,12 +66,14 @@ CONFIGS = {
                                              (8, 128)],
         dtype_sparse_n=2**18, dtype_dense_n=8192, dtypes=["float32", "float16", "bfloat16"],
         segments_n=2**18, segment_ranges=[(4, 16), (16, 64), (64, 256), (256, 1024)],
+        crossover_n=2**16, crossover_ranges=CROSSOVER_RANGES,
         repeats=20, budget_s=5.0, timeout_s=300.0),
 }
 QUICK = dict(
     degree=8, n_sparse=[256, 1024], n_dense=[64, 128], density_n=256, densities=[0.01, 0.1, 1.0],
     skew_n=1024, heads_n=512, heads=[(1, 32), (4, 16)], dtype_sparse_n=512, dtype_dense_n=128,
-    segments_n=512, segment_ranges=[(4, 16), (16, 64)], repeats=3, budget_s=0.5, timeout_s=90.0)
+    segments_n=512, segment_ranges=[(4, 16), (16, 64)], crossover_n=512, crossover_ranges=[(6, 10), (48, 80)],
+    repeats=3, budget_s=0.5, timeout_s=90.0)
 SKEW_GRAPHS = [("uniform", {"kind": "uniform"}),
                ("power-law s=0.5", {"kind": "power_law", "exponent": 0.5}),
                ("power-law s=1", {"kind": "power_law", "exponent": 1.0}),
@@ -83,6 +95,8 @@ class Plan:
         for key, value in (("n_sparse", args.n_sparse), ("n_dense", args.n_dense)):
             if value:
                 self.cfg[key] = [int(x) for x in value.split(",") if x.strip()]
+        if args.n_segments:
+            self.cfg["segments_n"] = self.cfg["crossover_n"] = int(args.n_segments)
         if device == "cuda" and args.quick:
             self.cfg["dtypes"] = ["float16", "bfloat16"]
         elif args.quick:
@@ -95,6 +109,8 @@ class Plan:
         include = args.backends.split(",") if args.backends else None
         self.backends = {form: graphattn_backends(device, form, include) for form in ("csr", "segments", "dense")}
         self.baselines = not args.no_baselines
+        # FlexAttention compiles (tens of seconds per job on CPU): left out of --quick unless --providers names it
+        self.flex = not args.quick or any(p.strip().startswith("flex") for p in (args.providers or "").split(","))
         self.have_dgl = importlib.util.find_spec("dgl") is not None
         self.repeats = args.repeats or self.cfg["repeats"]
         self.heads, self.head_dim = args.heads, args.head_dim
@@ -111,11 +127,17 @@ class Plan:
             return []
         out = ["torch-sdpa-mask"] if with_mask else []
         out.append("pyg-scatter")
-        if self.device == "cuda":
+        # flex-blockmask holds a boolean [N, N] adjacency: on CPU only in the density sweep (N = 4096)
+        if (self.device == "cuda" or with_mask) and self.flex:
             out.append("flex-blockmask")
-            if self.have_dgl:
-                out.append("dgl-edge_softmax")
+        if self.device == "cuda" and self.have_dgl:
+            out.append("dgl-edge_softmax")
         return out
+
+    def dense_baselines(self):
+        if not self.baselines:
+            return []
+        return ["torch-sdpa-blhd", "torch-sdpa"] + (["flex"] if self.flex else [])
 
     def tconv(self):
         if not self.baselines:
@@ -141,7 +163,7 @@ class Plan:
                     for p in self.ga("csr") + self.sparse_baselines() + self.tconv():
                         jobs.append(self.job("scaling/n", f"sparse d={d}", p, "csr", g, mode, dtype))
                 for n in c["n_dense"]:
-                    for p in self.ga("dense") + (["torch-sdpa"] if self.baselines else []):
+                    for p in self.ga("dense") + self.dense_baselines():
                         jobs.append(self.job("scaling/n", "dense", p, "dense", {"kind": "dense", "n": n}, mode, dtype))
                     for p in self.ga("csr"):
                         jobs.append(self.job("scaling/n", "dense as edge list", p, "csr", {"kind": "complete", "n": n},
@@ -191,7 +213,7 @@ class Plan:
             for mode in self.modes:
                 for p in self.ga("csr") + self.sparse_baselines():
                     jobs.append(self.job("scaling/dtype", f"sparse d={c['degree']}", p, "csr", gs, mode, dtype))
-                for p in self.ga("dense") + (["torch-sdpa"] if self.baselines else []):
+                for p in self.ga("dense") + self.dense_baselines():
                     jobs.append(self.job("scaling/dtype", "dense", p, "dense", gd, mode, dtype))
         return jobs
 
@@ -208,8 +230,23 @@ class Plan:
                         jobs.append(self.job("scaling/segments", case + " as edge list", p, "csr", g, mode, dtype))
                     if self.baselines:
                         jobs.append(self.job("scaling/segments", case, "torch-sdpa-padded", "segments", g, mode, dtype))
+                        if self.flex:
+                            jobs.append(self.job("scaling/segments", case, "flex-document", "segments", g, mode,
+                                                 dtype))
                         jobs.append(self.job("scaling/segments", case + " as edge list", "pyg-scatter", "csr", g, mode,
                                              dtype))
+        return jobs
+
+    def sweep_crossover(self):
+        """graphattn's segment backends (CPU: the kernel and sdpa) on narrow size ranges, every dtype:
+        the measurement behind auto's segment crossover (benchmarks/segment_crossover.py)."""
+        c, jobs = self.cfg, []
+        for dtype in c["dtypes"]:
+            for mode in self.modes:
+                for lo, hi in c["crossover_ranges"]:
+                    g = {"kind": "batches", "n": c["crossover_n"], "min_size": lo, "max_size": hi}
+                    for p in self.ga("segments"):
+                        jobs.append(self.job("scaling/crossover", f"sizes {lo}-{hi}", p, "segments", g, mode, dtype))
         return jobs
 
 
@@ -232,6 +269,8 @@ def main(argv=None) -> int:
     p.add_argument("--n-sparse", default=None, help="comma list of N for sweep n's sparse cases (overrides the config)")
     p.add_argument("--n-dense", default=None,
                    help="comma list of N for sweep n's dense and dense-as-edge-list cases (overrides the config)")
+    p.add_argument("--n-segments", type=int, default=None,
+                   help="total nodes of the segments and crossover sweeps (overrides the config)")
     p.add_argument("--out", help="CSV to append to (default benchmarks/results/<device-slug>.csv; "
                                  "--quick: <tmp>/graphattn-bench/<slug>-quick.csv)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per case (default 10 CPU, 20 CUDA, 3 quick)")

@@ -3,7 +3,7 @@
     python -m benchmarks.segment_crossover --measure        # the sweep, then the file (one command)
     python -m benchmarks.segment_crossover                  # the file from rows already in the CSV
         [--csv CSV] [--out graphattn/segment_crossover.py] [--label TEXT] [--check]
-        [--n-segments N] [--dtype float32,...] [--repeats R] [--threads T]   (with --measure)
+        [--quick] [--n-segments N] [--dtype float32,...] [--repeats R] [--threads T]   (with --measure)
 
 `--measure` runs `python -m benchmarks.scaling --sweep crossover` (graphattn-cpu and graphattn-sdpa
 on batches of complete graphs of narrow size ranges, every CPU dtype, forward and
@@ -144,6 +144,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(MODULE), help="the generated module (default graphattn/segment_crossover.py)")
     p.add_argument("--label", default="", help="a note for the generated file's header (e.g. the machine's state)")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 if --out differs from the CSV's result")
+    p.add_argument("--quick", action="store_true", help="with --measure: scaling's --quick sizes (a smoke test, "
+                                                        "not a crossover to commit)")
     p.add_argument("--n-segments", type=int, default=None, help="with --measure: total nodes per case")
     p.add_argument("--dtype", default=None, help="with --measure: comma list (default every CPU dtype)")
     p.add_argument("--repeats", type=int, default=None, help="with --measure: timed calls per case")
@@ -154,6 +156,8 @@ def main(argv=None) -> int:
         from . import scaling
 
         sweep = ["--sweep", "crossover", "--device", "cpu", "--out", str(csv_path), "--no-progress"]
+        if args.quick:
+            sweep.append("--quick")
         for flag, value in (("--n-segments", args.n_segments), ("--dtype", args.dtype),
                             ("--repeats", args.repeats), ("--threads", args.threads)):
             if value is not None:

@@ -139,17 +139,18 @@ def segment_attention(q, k, v, graph, scale: float, want_lse: bool):
             return x
         return x.new_zeros((rows,) + tuple(x.shape[1:])).index_copy(0, plan.pos, x)
 
-    qp, kp, vp = padded(q), padded(k), padded(v)
+    # split (not slicing per bucket): its backward is one cat of the buckets' gradients, where
+    # slices would each add a zero-filled gradient of the whole buffer
+    rows_per_bucket = [count * length for length, count in plan.buckets]
+    qs, ks, vs = (padded(x).split(rows_per_bucket) for x in (q, k, v))
     heads, dv = v.shape[1], v.shape[2]
-    outs, lses, start = [], [], 0
-    for (length, count), mask in zip(plan.buckets, plan.masks):
-        end = start + count * length
-        qb, kb, vb = (x[start:end].unflatten(0, (count, length)).transpose(1, 2) for x in (qp, kp, vp))
+    outs, lses = [], []
+    for (length, count), mask, qb, kb, vb in zip(plan.buckets, plan.masks, qs, ks, vs):
+        qb, kb, vb = (x.unflatten(0, (count, length)).transpose(1, 2) for x in (qb, kb, vb))  # [B, H, L, *]
         out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale)  # [B, H, L, Dv]
         outs.append(out.transpose(1, 2).reshape(count * length, heads, dv))
         if want_lse:
             lses.append(_bucket_lse(qb, kb, mask, scale))
-        start = end
     out = outs[0] if len(outs) == 1 else torch.cat(outs)
     lse = (lses[0] if len(lses) == 1 else torch.cat(lses)) if want_lse else None
     if plan.pos is not None:

@@ -156,3 +156,23 @@ gpu-check:
 	@test -n "$(OUT)" || { echo "make gpu-check OUT=dir: name the output directory"; exit 2; }
 	$(GPU_PYTHON) -m benchmarks.gpu_check --out $(OUT)
 endif
+
+# ---- DGL baseline (benchmarks/README.md, "DGL baseline") ----
+# make dgl-env: .venv-dgl/, the environment of benchmarks/dgl_worker.py (graphattn's extension
+# is built for .venv's torch and cannot load there). A script's environment, not a CI dependency.
+# DGL 2.1.0 is the newest DGL on PyPI, a CPU-only build; it needs torch 2.2.x (PyPI's torch 2.2.1
+# is the CUDA 12.1 build with its nvidia-* packages, ~5 GB installed, and runs on the CPU),
+# torchdata 0.7.1 (`import dgl` imports graphbolt, which needs torchdata's datapipes, gone in
+# torchdata >= 0.8), and pandas, pydantic and pyyaml, which it imports without declaring them;
+# numpy 1.x (torch 2.2 was built against it). Working set, resolved on 2026-11 (besides those):
+# numpy 1.26.4, pandas 3.0.6, pydantic 2.14.4, PyYAML 6.0.4, scipy 1.17.1, psutil 7.2.2.
+DGL_VENV ?= .venv-dgl
+DGL_PACKAGES ?= dgl==2.1.0 torch==2.2.1 torchdata==0.7.1 numpy==1.26.4 pandas pydantic pyyaml psutil
+.PHONY: dgl-env
+dgl-env: $(DGL_VENV)/.dgl-installed
+
+$(DGL_VENV)/.dgl-installed:
+	$(PYTHON) -m venv $(DGL_VENV)
+	$(DGL_VENV)/bin/python -m pip install -q $(DGL_PACKAGES)
+	cd / && DGLBACKEND=pytorch $(abspath $(DGL_VENV))/bin/python -c 'import dgl, torch; print("dgl", dgl.__version__, "torch", torch.__version__)'
+	touch $@

@@ -1,8 +1,10 @@
-"""The models whose training steps benchmarks/layers.py measures: graphattn.nn against
-torch_geometric.nn with the same module code and identical weights.
+"""The models whose training steps benchmarks/layers.py measures, and the single layers of its
+--layer mode: graphattn.nn against torch_geometric.nn with the same module code and identical
+weights (DGL's counterparts are built from the same weights by benchmarks/dgl_worker.py).
 
 Shared by the "graphattn" / "pyg" providers (benchmarks/providers.py, which run a training step
-in a measuring process) and by layers.py's agreement check; importing it imports neither
+or a layer's forward + backward in a measuring process), by benchmarks/dgl_baseline.py (which
+hands the same weights to DGL) and by layers.py's agreement check; importing it imports neither
 graphattn.nn nor torch_geometric (`nn_module` does, when asked).
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 MODELS = ("gat", "gatv2", "transformer")
+LAYER_CLASSES = {"gat": "GATConv", "gatv2": "GATv2Conv", "transformer": "TransformerConv"}
 
 
 # ---------------------------------------------------------------------------
@@ -50,6 +53,22 @@ class Net(torch.nn.Module):
             if i < last or self.head is not None:
                 x = F.elu(x)
         return self.head(x) if self.head is not None else x
+
+
+def make_layer(nn, model: str, in_channels: int, channels: int, heads: int, dropout: float = 0.0):
+    """The single layer of --layer mode: nn.<GATConv|GATv2Conv|TransformerConv>(in_channels,
+    channels, heads=heads, concat=True) with the library's defaults otherwise (GAT/GATv2 add
+    self-loops; GATv2 share_weights=False; TransformerConv root_weight=True)."""
+    if model not in LAYER_CLASSES:
+        raise ValueError(f"unknown model {model!r}; one of {MODELS}")
+    return getattr(nn, LAYER_CLASSES[model])(in_channels, channels, heads=heads, concat=True, dropout=dropout)
+
+
+def describe_layer(model: str, in_channels: int, channels: int, heads: int, dropout: float = 0.0) -> str:
+    loops = "; self-loops added (PyG's default)" if model != "transformer" else "; root weight"
+    return (f"{LAYER_CLASSES[model]}({in_channels},{channels},heads={heads},concat){loops}"
+            + (f"; attention dropout {dropout:g}" if dropout else "")
+            + "; forward + backward of a fixed random output gradient (grads of x and the weights)")
 
 
 def describe_model(model: str, in_channels: int, hidden: int, heads: int, num_classes: int,

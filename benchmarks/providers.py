@@ -13,8 +13,10 @@ Forms (what a provider consumes):
 Names: graphattn-<backend> (a graphattn backend forced by name), graphattn-<backend>+graph (the
 raw edge_index passed each call: the Graph is built inside the call), graphattn-<backend>+proj
 (graphattn with TransformerConv's q/k/v Linear projections), torch-sdpa, torch-sdpa-mask,
-torch-sdpa-padded, pyg-scatter, pyg-transformerconv, flex-blockmask, dgl-edge_softmax; graphattn and
-pyg: whole models' training steps (mode "train") of benchmarks/models.py, run by benchmarks/layers.py.
+torch-sdpa-padded, pyg-scatter, pyg-transformerconv, flex-blockmask, dgl-edge_softmax; graphattn,
+pyg and dgl: whole models' training steps (mode "train") and single layers' forward + backward (mode
+"fwdbwd") of benchmarks/models.py, run by benchmarks/layers.py (dgl in DGL's own environment:
+benchmarks/dgl_baseline.py).
 
 Dense baselines: torch-sdpa takes SDPA's own contiguous [1, H, N, D] layout (made in prepare);
 torch-sdpa-blhd takes the [1, N, H, D] data graphattn takes and transposes inside the timed call
@@ -32,7 +34,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import models
+from . import dgl_baseline, models
 from .common import parse_dtype
 
 GiB = 2**30
@@ -482,8 +484,10 @@ class DglEdgeSoftmax(Provider):
 # Whole models (mode "train": prepare returns one whole training step; benchmarks/layers.py)
 # ---------------------------------------------------------------------------
 class LayerProvider(Provider):
-    """A training step of models.Net on graphattn.nn ('graphattn') or torch_geometric.nn ('pyg').
-    Job keys beyond make_job's: model, features, classes, transformer_layers, dropout."""
+    """On graphattn.nn ('graphattn') or torch_geometric.nn ('pyg'): a training step of models.Net
+    (mode 'train'), or one layer's forward + backward (mode 'fwdbwd', models.make_layer:
+    `benchmarks.layers --layer`). Job keys beyond make_job's: model, features, classes,
+    transformer_layers, dropout."""
 
     forms = ("csr",)
 
@@ -493,17 +497,21 @@ class LayerProvider(Provider):
         self.note = ""
 
     def parent_skip_reason(self, job):
-        if job["mode"] != "train":
-            return f"{self.name} (benchmarks.layers) measures training steps only (mode 'train')"
+        if job["mode"] not in ("train", "fwdbwd") or "model" not in job:
+            return (f"{self.name} (benchmarks.layers) measures training steps (mode 'train') and layers' "
+                    "forward + backward (mode 'fwdbwd') of its models only")
         return super().parent_skip_reason(job)
 
     def estimate_bytes(self, job, num_edges):
         n, h, d, elem = job["N"], job["H"], job["D"], _elem_bytes(job["dtype"])
         e = num_edges + (n if job["model"] in ("gat", "gatv2") else 0)  # self-loops
-        widths = ([h * d, h * job["classes"]] if job["model"] != "transformer"
-                  else [h * d] * job.get("transformer_layers", 1))
+        if job["mode"] != "train":  # one layer
+            widths = [h * d]
+        else:
+            widths = ([h * d, h * job["classes"]] if job["model"] != "transformer"
+                      else [h * d] * job.get("transformer_layers", 1))
         nodes = n * (job["features"] + 12 * h * d) * elem
-        if self.name == "pyg":
+        if self.name in ("pyg", "dgl"):
             # [E, H, C] tensors per layer: those saved for backward (GATv2: x_i + x_j, its LeakyReLU, x_j;
             # GAT / transformer: x_j or k_j, v_j, ...), forward temporaries, their gradients. Not more
             # generous than that: on an 80 GB GPU, PyG's full-size cases must be tried, not skipped.
@@ -513,6 +521,8 @@ class LayerProvider(Provider):
         return nodes + e * per_edge
 
     def prepare(self, job, graph):
+        if job["mode"] == "fwdbwd":
+            return self._prepare_layer(job, graph)
         device, dtype = job["device"], parse_dtype(job["dtype"])
         nn = models.nn_module(self.name)
         n = graph.num_nodes
@@ -545,13 +555,57 @@ class LayerProvider(Provider):
 
         return step, list(model.parameters())
 
+    def _prepare_layer(self, job, graph):
+        """One layer (heads concatenated), x [N, F] with requires_grad: the worker's fwdbwd step runs
+        forward, then backward of its fixed output gradient (grads of x and of every weight)."""
+        device, dtype = job["device"], parse_dtype(job["dtype"])
+        conv = models.make_layer(models.nn_module(self.name), job["model"], job["features"], job["D"], job["H"],
+                                 job.get("dropout", 0.0))
+        models.init_weights(conv, job["seed"])
+        conv.to(device=device, dtype=dtype).train()
+        x, _ = models.make_inputs(graph.num_nodes, job["features"], job["classes"], job["seed"], device, dtype)
+        x.requires_grad_(True)
+        edge_index = graph.edges().to(device)
+        self.note = models.describe_layer(job["model"], job["features"], job["D"], job["H"], job.get("dropout", 0.0))
+        state = {"first": True}
 
-# The whole-model providers of benchmarks/layers.py (mode "train").
-LAYER_PROVIDERS = ("graphattn", "pyg")
+        def forward():
+            if state["first"] and self.name == "graphattn":
+                state["first"] = False
+                out = []
+                backends = models.record_backends(lambda: out.append(conv(x, edge_index)))
+                self.note += f"; graphattn auto backend: {'/'.join(backends) or '?'}"
+                return out[0]
+            return conv(x, edge_index)
+
+        return forward, [x, *conv.parameters()]
+
+
+class DglLayerProvider(LayerProvider):
+    """DGL's GATConv / GATv2Conv (a layer, or the 2-layer model's training step) with PyG's
+    weights, measured by benchmarks/dgl_worker.py in DGL's own environment (job key dgl_python,
+    `--dgl-python`): benchmarks/dgl_baseline.py writes the inputs, runs it, reads the result."""
+
+    def __init__(self):
+        super().__init__("dgl")
+
+    def parent_skip_reason(self, job):
+        return super().parent_skip_reason(job) or dgl_baseline.skip_reason(job)
+
+    def prepare(self, job, graph):
+        raise RuntimeError("the dgl provider measures in DGL's environment: benchmarks.runner calls run_external")
+
+    @staticmethod
+    def run_external(job, *, timeout_s, mem_limit_bytes=None):
+        return dgl_baseline.measure(job, timeout_s, mem_limit_bytes)
+
+
+# The providers of benchmarks/layers.py (mode "train": whole models; mode "fwdbwd": one layer).
+LAYER_PROVIDERS = ("graphattn", "pyg", "dgl")
 
 _FIXED = {p.name: p for p in (TorchSdpa(), TorchSdpaMask(), TorchSdpaPadded(), PygScatter(),
                               PygTransformerConv(), FlexBlockMask(), DglEdgeSoftmax(),
-                              *(LayerProvider(name) for name in LAYER_PROVIDERS))}
+                              LayerProvider("graphattn"), LayerProvider("pyg"), DglLayerProvider())}
 
 
 _FIXED.update({p.name: p for p in (TorchSdpaBlhd(), FlexDense(), FlexDocument())})

@@ -5,7 +5,8 @@
 Every number in that block comes from a CSV row (device, versions, commit and date
 are shown with it), so the README never holds a hand-typed measurement. For each
 results file: the latest cpu_vs_pyg (or GPU sparse) comparison with its ratios,
-the latest benchmarks.layers run of each model and dtype (training steps vs PyG's layers), and the plots
+the latest benchmarks.layers runs of each model and dtype (one layer's forward + backward with
+--layer, and training steps; vs PyG's and DGL's layers, each provider's best round), and the plots
 drawn from that file by benchmarks/plot.py.
 """
 from __future__ import annotations
@@ -22,11 +23,15 @@ BEGIN, END = "<!-- figures:begin -->", "<!-- figures:end -->"
 
 
 def _latest_run(rows, benchmark):
-    """The rows of `benchmark` from its most recent run (same commit and date prefix)."""
+    """The rows of `benchmark` from its most recent run: the same `run` (the start of a
+    benchmarks.layers run, which may take hours over its rounds), or for rows without one the same
+    commit and date prefix."""
     rows = [r for r in rows if r["benchmark"] == benchmark]
     if not rows:
         return []
     last = max(rows, key=lambda r: r["date"])
+    if last.get("run"):
+        return [r for r in rows if r.get("run") == last["run"]]
     return [r for r in rows if r["commit"] == last["commit"] and r["date"][:13] == last["date"][:13]]
 
 
@@ -47,31 +52,56 @@ def _comparison_table(rows):
     return lines
 
 
-def _layers_lines(rows):
-    """`benchmarks.layers`: per (model, dtype, graph size) the latest run of that case, graphattn.nn vs
-    PyG measured in that same run (a later run of one model does not hide the others)."""
-    layer_rows = [r for r in rows if r["benchmark"] == "layers"]
+def _best(run, provider):
+    """The ok row of `provider` with the lowest median time in `run` (its best round), or None."""
+    ok = [r for r in run if r["provider"] == provider and r.get("status", "ok") in ("ok", "")
+          and r["time_median_s"] not in ("", None)]
+    return min(ok, key=lambda r: float(r["time_median_s"])) if ok else None
+
+
+_TITLES = {
+    "layers": ("**Training step of whole models vs PyG's and DGL's layers** (`python -m benchmarks.layers`; "
+               "power-law graph, H heads × D hidden channels; each provider's best round):", "step"),
+    "layer": ("**One layer, forward + backward, vs PyG and DGL** (`python -m benchmarks.layers --layer`; uniform "
+              "random graph, H heads × D channels, heads concatenated; each provider's best round):", "fwd+bwd"),
+}
+
+
+def _layers_lines(rows, benchmark="layers"):
+    """`benchmarks.layers` (benchmark "layers": training steps; "layer": one layer's forward +
+    backward): per (model, dtype, graph size) the latest run of that case, each provider's best
+    round, graphattn.nn against PyG and DGL measured in that same run (a later run of one model
+    does not hide the others). `rows`: the CSV's rows as read (every round, skipped ones too)."""
+    layer_rows = [r for r in rows if r["benchmark"] == benchmark]
     if not layer_rows:
         return []
-    lines = ["**Training step of whole models vs PyG's layers** (`python -m benchmarks.layers`; power-law graph, "
-             "H heads of 64 hidden channels):", "",
-             "| model | dtype | N | E | graphattn step | pyg step | pyg / graphattn time | "
-             "graphattn / pyg peak memory | commit, date |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    title, what = _TITLES[benchmark]
+    lines = [title, "",
+             f"| model | dtype | N | E | H × D | graphattn {what} | pyg {what} | dgl {what} | pyg / graphattn time | "
+             "dgl / graphattn time | graphattn / pyg peak memory | graphattn / dgl peak memory | rounds | "
+             "commit, date |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key in dict.fromkeys((r["case"], r["dtype"], r["N"]) for r in layer_rows):
         case_rows = [r for r in layer_rows if (r["case"], r["dtype"], r["N"]) == key]
-        run = _latest_run(case_rows, "layers")
-        ours = next((r for r in run if r["provider"] == "graphattn" and r["status"] == "ok"), None)
-        base = next((r for r in run if r["provider"] == "pyg" and r["status"] == "ok"), None)
-        speed = mem = "–"
-        if ours and base:
-            speed = f"{base['time_median_s'] / ours['time_median_s']:.2f}×"
-            mem = f"{ours['peak_mem_bytes'] / base['peak_mem_bytes']:.3f}" if base["peak_mem_bytes"] else "–"
+        run = _latest_run(case_rows, benchmark)
+        ours = _best(run, "graphattn")
+        cells = {}
+        for name in ("pyg", "dgl"):
+            base = _best(run, name)
+            measured = any(r["provider"] == name for r in run)
+            cells[name] = (common.fmt_time(base["time_median_s"]) if base else ("skipped" if measured else "–"))
+            speed = mem = "–"
+            if ours and base:
+                speed = f"{float(base['time_median_s']) / float(ours['time_median_s']):.2f}×"
+                mem = (f"{float(ours['peak_mem_bytes']) / float(base['peak_mem_bytes']):.3f}"
+                       if float(base["peak_mem_bytes"] or 0) else "–")
+            cells[name + "_speed"], cells[name + "_mem"] = speed, mem
         model, dtype, n = key
-        lines.append(f"| {model} | {dtype} | {int(n):,} | {int(run[0]['E']):,} | "
-                     f"{common.fmt_time(ours['time_median_s']) if ours else 'skipped'} | "
-                     f"{common.fmt_time(base['time_median_s']) if base else 'skipped'} | {speed} | {mem} | "
-                     f"{run[0]['commit']}, {run[0]['date']} |")
+        rounds = max(int(r.get("round") or 1) for r in run)
+        lines.append(f"| {model} | {dtype} | {int(n):,} | {int(run[0]['E']):,} | {run[0]['H']} × {run[0]['D']} | "
+                     f"{common.fmt_time(ours['time_median_s']) if ours else 'skipped'} | {cells['pyg']} | "
+                     f"{cells['dgl']} | {cells['pyg_speed']} | {cells['dgl_speed']} | {cells['pyg_mem']} | "
+                     f"{cells['dgl_mem']} | {rounds} | {run[0]['commit']}, {run[0]['date']} |")
     return lines + [""]
 
 
@@ -101,7 +131,9 @@ def section_for(csv_path: Path) -> list:
                   f"E = {int(r0['E']):,}, H = {int(r0['H'])}, D = {int(r0['D'])}, {r0['dtype']}, "
                   f"commit {r0['commit']}, {r0['date']}.", ""]
         lines += _comparison_table(run) + [""]
-    lines += _layers_lines(rows)
+    raw = common.read_rows(csv_path)  # every round and skip (plot.load keeps the last ok row of a case)
+    lines += _layers_lines(raw, "layer")
+    lines += _layers_lines(raw, "layers")
     for png in sorted(RESULTS.glob(f"{csv_path.stem}-*.png"), key=_plot_order):
         lines.append(f"![{png.stem}]({png.relative_to(ROOT)})")
     return lines + [""]

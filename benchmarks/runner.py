@@ -175,13 +175,19 @@ class Runner:
             row["total_mem_bytes"] = (result["prep_mem_bytes"] + result["peak_mem_bytes"]
                                       + (16 * e if job["form"] == "csr" else 0))
         row["note"] = "; ".join(x for x in (job.get("note"), result.get("note")) if x) or None
+        for key in ("round", "run"):  # benchmarks/layers.py: which round of which run
+            if job.get(key) is not None:
+                row[key] = job[key]
         t = result.get("time_median_s")
-        if result.get("status") == "ok" and t and mode in ("fwd", "fwdbwd"):  # not for "train" (whole models)
+        # attention FLOPs: not for whole models or layers (jobs with a "model": benchmarks/layers.py)
+        if result.get("status") == "ok" and t and mode in ("fwd", "fwdbwd") and "model" not in job:
             row["tflops"] = common.flops(e, h, d, mode) / t / 1e12
             if mode == "fwd" and job["form"] == "csr":
                 elem = common.parse_dtype(job["dtype"]).itemsize
                 row["gbps"] = common.sparse_bytes(e, h, d, elem) / t / 1e9
-        row.update({k: self.env[k] for k in ("device", "torch", "triton", "cuda", "python", "commit")})
+        # a provider measured in another environment reports its own versions (torch, python, ...)
+        env = {**self.env, **{k: v for k, v in (result.get("env") or {}).items() if k in self.env}}
+        row.update({k: env[k] for k in ("device", "torch", "triton", "cuda", "python", "commit")})
         row["date"] = common.utc_now()
         return row
 
@@ -203,7 +209,11 @@ class Runner:
                     result = {"status": "skipped", "reason": why}
                 else:
                     t0 = time.perf_counter()
-                    result = self._run_isolated(ctx, job)
+                    external = getattr(provider, "run_external", None)
+                    # a provider that measures in another environment (dgl: its own python) runs its
+                    # own fresh process instead of a fork of this one
+                    result = (external(job, timeout_s=self.timeout_s, mem_limit_bytes=self.mem_limit) if external
+                              else self._run_isolated(ctx, job))
                     result.setdefault("wall_s", time.perf_counter() - t0)
                 row = self._row(job, result, num_edges)
                 if result["status"] == "ok":

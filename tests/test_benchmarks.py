@@ -7,6 +7,7 @@ pytest-benchmark entries. CPU only, well under a minute on 2 cores.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import re
@@ -14,8 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import graphattn
 
@@ -30,6 +33,8 @@ from benchmarks.providers import make_qkv, pyg_scatter_attention  # noqa: E402
 from benchmarks.runner import Runner, make_job  # noqa: E402
 
 HAVE_PYG = importlib.util.find_spec("torch_geometric") is not None
+# DGL's own environment (`make dgl-env`, .venv-dgl); CI has none: its rows are then skipped
+HAVE_DGL_ENV = (Path(_REPO_ROOT) / ".venv-dgl" / "bin" / "python").exists()
 HAVE_PYTEST_BENCHMARK = importlib.util.find_spec("pytest_benchmark") is not None
 
 if not HAVE_PYTEST_BENCHMARK:
@@ -122,10 +127,11 @@ def test_readme_figures_come_from_the_csv(quick_csv, tmp_path, monkeypatch):
 
 def test_layers_quick_end_to_end(tmp_path):
     """python -m benchmarks.layers --quick: the agreement checks, one training-step row per (model,
-    provider), the summary with the ratios against the issue's targets."""
+    provider), the summary with the ratios against the issue's targets. (The dgl provider: the
+    --layer test below and test_dgl_*.)"""
     path = tmp_path / "layers.csv"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.layers", "--quick", "--device", "cpu", "--out",
-                           str(path), "--no-progress", "--case-timeout", "60"],
+                           str(path), "--no-progress", "--case-timeout", "60", "--providers", "graphattn,pyg"],
                           cwd=_REPO_ROOT, capture_output=True, text=True, timeout=240)
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
@@ -156,6 +162,105 @@ def test_layers_quick_end_to_end(tmp_path):
 
         table = "\n".join(readme_figures._layers_lines(plot.load(path)))
         assert "| gatv2 | float32 |" in table and "| transformer | float32 |" in table
+
+
+def test_layer_quick_end_to_end(tmp_path):
+    """python -m benchmarks.layers --layer --quick (issue 14's single-layer mode), default providers:
+    one forward+backward row per (layer, provider); DGL's rows measured in DGL's environment when
+    `make dgl-env` made it here (its versions in the row, its agreement checked), else skipped with
+    the reason (CI); DGL has no TransformerConv. The summary and the README table read the rows."""
+    path = tmp_path / "layer.csv"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.layers", "--layer", "--quick", "--device", "cpu", "--out",
+                           str(path), "--no-progress", "--case-timeout", "90"],
+                          cwd=_REPO_ROOT, capture_output=True, text=True, timeout=400)
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    rows = common.read_rows(path)
+    assert [(r["case"], r["provider"]) for r in rows] == [(m, p) for m in ("gat", "gatv2", "transformer")
+                                                          for p in ("graphattn", "pyg", "dgl")]
+    for r in rows:
+        assert (r["benchmark"], r["mode"], r["dtype"], r["H"], r["D"], r["N"], r["E"], r["round"]) == (
+            "layer", "fwdbwd", "float32", "4", "32", "1000", "16000", "1"), r
+        assert r["run"] and r["device"] and r["commit"] and r["date"]
+        if r["provider"] == "dgl":
+            if r["case"] == "transformer":
+                assert r["status"] == "skipped" and "no counterpart of TransformerConv" in r["reason"]
+            elif HAVE_DGL_ENV:
+                assert r["status"] == "ok", r
+                assert r["torch"].startswith("2.2.") and r["note"].startswith("dgl 2.1.0"), r
+                assert "dgl.nn." in r["note"] and "self-loops" in r["note"]
+            else:
+                assert r["status"] == "skipped" and "no DGL environment" in r["reason"] and "make dgl-env" in r["reason"]
+            continue
+        if r["provider"] == "pyg" and not HAVE_PYG:
+            assert r["status"] == "skipped"
+            continue
+        assert r["status"] == "ok", r
+        assert r["torch"] == torch.__version__
+        assert 0 < float(r["time_p20_s"]) <= float(r["time_median_s"]) <= float(r["time_p80_s"])
+        assert int(r["peak_mem_bytes"]) > 0 and int(r["repeats"]) >= 3
+        assert r["tflops"] == ""  # no attention-FLOP rate for a whole layer
+        if r["provider"] == "graphattn":
+            assert "graphattn auto backend: cpu" in r["note"]
+    for m in ("gat", "gatv2"):
+        if HAVE_DGL_ENV:
+            assert f"check dgl {m} (layer): graphattn.nn vs dgl 2.1.0" in out
+            assert f"[{m} float32] forward+backward time: dgl" in out
+        else:
+            assert f"check dgl {m} (layer): skipped - no DGL environment" in out
+            assert f"[{m} float32] no ratio vs dgl: dgl did not run (no DGL environment" in out
+    assert "DISAGREE" not in out
+    if HAVE_PYG:
+        assert "check gatv2 layer: graphattn.nn vs torch_geometric.nn" in out
+        assert "[transformer float32] forward+backward time: pyg" in out and "(target >= 5x: " in out
+    from benchmarks import readme_figures
+
+    table = "\n".join(readme_figures._layers_lines(common.read_rows(path), "layer"))
+    assert "| gat | float32 | 1,000 | 16,000 | 4 × 32 |" in table and "| transformer | float32 |" in table
+
+
+def test_layer_rounds_alternate_providers():
+    """--rounds R: round after round, the providers alternate within each (dtype, model)."""
+    from benchmarks import layers
+
+    class Args:
+        layer, nodes, degree, exponent, rounds, dtypes = True, 100, 4.0, 0.7, 2, ["float32"]
+        models, providers = ["gat"], ["graphattn", "pyg", "dgl"]
+        heads, hidden, features, classes, transformer_layers, dropout = 2, 8, 16, 4, 1, 0.0
+        seed, warmup, repeats, budget_s, threads, run, dgl_python = 0, 1, 3, None, 1, "r0", "/x/python"
+
+    jobs = layers.build_jobs(Args, "cpu")
+    assert [(j["round"], j["provider"]) for j in jobs] == [(1, "graphattn"), (1, "pyg"), (1, "dgl"),
+                                                          (2, "graphattn"), (2, "pyg"), (2, "dgl")]
+    assert {j["benchmark"] for j in jobs} == {"layer"} and {j["mode"] for j in jobs} == {"fwdbwd"}
+    assert jobs[2]["dgl_python"] == "/x/python" and "dgl_python" not in jobs[0]
+    rows = [dict(case="gat", dtype="float32", provider=p, status="ok", time_median_s=str(t), round=str(r))
+            for r, p, t in ((1, "graphattn", 2.0), (1, "pyg", 9.0), (2, "graphattn", 1.0), (2, "pyg", 10.0))]
+    best = layers.best_rows(rows)
+    assert best[("gat", "float32", "graphattn")]["round"] == "2" and best[("gat", "float32", "pyg")]["round"] == "1"
+
+
+def test_layer_mode_without_dgl_env_records_skips(monkeypatch, tmp_path, capsys):
+    """No .venv-dgl (CI) or a --dgl-python that is not there: the dgl rows and checks are skipped
+    with the reason, graphattn's rows are measured."""
+    from benchmarks import dgl_baseline, layers
+
+    monkeypatch.setattr(dgl_baseline, "DEFAULT_PYTHON", tmp_path / "no-venv" / "bin" / "python")
+    path = tmp_path / "nodgl.csv"
+    assert layers.main(["--layer", "--quick", "--device", "cpu", "--isolation", "none", "--models", "gat,transformer",
+                        "--providers", "graphattn,dgl", "--nodes", "200", "--out", str(path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "check dgl gat (layer): skipped - no DGL environment" in out
+    rows = {(r["case"], r["provider"]): r for r in common.read_rows(path)}
+    assert rows[("gat", "graphattn")]["status"] == "ok"
+    assert rows[("gat", "dgl")]["status"] == "skipped" and "make dgl-env" in rows[("gat", "dgl")]["reason"]
+    assert "TransformerConv" in rows[("transformer", "dgl")]["reason"]
+    path2 = tmp_path / "nodgl2.csv"
+    assert layers.main(["--layer", "--quick", "--device", "cpu", "--isolation", "none", "--models", "gatv2",
+                        "--providers", "dgl", "--dgl-python", str(tmp_path / "nothing"), "--out", str(path2),
+                        "--no-progress"]) == 0
+    (row,) = common.read_rows(path2)
+    assert row["status"] == "skipped" and "is not an executable file" in row["reason"]
 
 
 def test_layers_without_pyg_records_skips(monkeypatch, tmp_path, capsys):
@@ -284,6 +389,167 @@ def test_baselines_compute_the_same_attention():
     x = torch.randn(n, h * d, dtype=torch.float64)
     qp, kp, vp = (lin(x).view(n, h, d) for lin in (conv.lin_query, conv.lin_key, conv.lin_value))
     torch.testing.assert_close(conv(x, ei), graphattn.attention(qp, kp, vp, ei, backend="cpu").reshape(n, h * d))
+
+
+# ---------------------------------------------------------------------------
+# the DGL baseline: weight mapping and agreement logic (no DGL needed), the worker's imports, and
+# (where `make dgl-env` made .venv-dgl) DGL itself against graphattn
+# ---------------------------------------------------------------------------
+def _dgl_like_conv(model, w, x, edge_index, heads, channels, concat):
+    """DGL 2.1's GATConv / GATv2Conv forward (dgl/nn/pytorch/conv/gat(v2)conv.py: u_add_v of the
+    per-node terms, LeakyReLU 0.2, edge_softmax over each target's edges, u_mul_e + sum) in plain
+    torch, from DGL-named weights `w` (the worker's Conv: `conv.*`, `out_bias`), on the graph with
+    PyG's self-loops: what dgl_worker.Conv computes, so the mapping is checked without DGL."""
+    n = x.shape[0]
+    keep = edge_index[0] != edge_index[1]
+    loops = torch.arange(n)
+    src = torch.cat([edge_index[0][keep], loops])
+    dst = torch.cat([edge_index[1][keep], loops])
+    if model == "gat":
+        ft = (x @ w["conv.fc.weight"].T).view(n, heads, channels)
+        el, er = (ft * w["conv.attn_l"]).sum(-1), (ft * w["conv.attn_r"]).sum(-1)  # [N, H]
+        e = F.leaky_relu(el[src] + er[dst], 0.2)
+        msg_src = ft
+    else:
+        fs = (x @ w["conv.fc_src.weight"].T + w["conv.fc_src.bias"]).view(n, heads, channels)
+        fd = (x @ w["conv.fc_dst.weight"].T + w["conv.fc_dst.bias"]).view(n, heads, channels)
+        e = (F.leaky_relu(fs[src] + fd[dst], 0.2) * w["conv.attn"]).sum(-1)
+        msg_src = fs
+    e = e - torch.zeros(n, heads, dtype=e.dtype).scatter_reduce(0, dst[:, None].expand_as(e), e, "amax",
+                                                                include_self=False)[dst]
+    a = e.exp()
+    a = a / torch.zeros(n, heads, dtype=a.dtype).index_add_(0, dst, a)[dst]
+    rst = torch.zeros(n, heads, channels, dtype=x.dtype).index_add_(0, dst, a.unsqueeze(-1) * msg_src[src])
+    if "conv.bias" in w:
+        rst = rst + w["conv.bias"].view(1, heads, channels)
+    out = rst.reshape(n, -1) if concat else rst.mean(1)
+    return out + w["out_bias"] if "out_bias" in w else out
+
+
+@pytest.mark.parametrize("model", ["gat", "gatv2"])
+@pytest.mark.parametrize("concat", [True, False])
+def test_dgl_weight_mapping_computes_pygs_layer(model, concat):
+    """PyG's (graphattn.nn's) weights renamed by dgl_baseline to DGL's, run through DGL's formulas,
+    give graphattn.nn's output: att_src/att_dst, lin_l/lin_r and the biases go where they belong."""
+    import graphattn.nn as gnn
+
+    from benchmarks import dgl_baseline, models
+
+    n, f, h, c = 60, 12, 3, 5
+    conv = getattr(gnn, models.LAYER_CLASSES[model])(f, c, heads=h, concat=concat).double()
+    models.init_weights(conv, 5)
+    names = dgl_baseline.conv_names(model, concat)
+    w = {names[k]: v.detach() for k, v in conv.state_dict().items()}
+    assert len(w) == len(conv.state_dict())  # one-to-one
+    x = torch.randn(n, f, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    ei = common.uniform_graph(n, 4, seed=3)
+    ei[:, :5] = torch.arange(5).repeat(2, 1)  # some self-loops already there: removed, then added once
+    torch.testing.assert_close(_dgl_like_conv(model, w, x, ei, h, c, concat), conv(x, ei))
+
+
+def test_dgl_name_map_covers_every_parameter():
+    """Every parameter of the measured modules (one layer; the 2-layer training model) has a DGL
+    name, those names are the worker's model's (DGL 2.1's GATConv / GATv2Conv inside dgl_worker.Conv),
+    a parameter the map does not know is an error, and gradients map back."""
+    from benchmarks import dgl_baseline
+
+    expected = {
+        ("gat", "fwdbwd"): {"conv.fc.weight", "conv.attn_l", "conv.attn_r", "conv.bias"},
+        ("gat", "train"): {"convs.0.conv.fc.weight", "convs.0.conv.attn_l", "convs.0.conv.attn_r", "convs.0.conv.bias",
+                           "convs.1.conv.fc.weight", "convs.1.conv.attn_l", "convs.1.conv.attn_r", "convs.1.out_bias"},
+        ("gatv2", "fwdbwd"): {"conv.fc_src.weight", "conv.fc_src.bias", "conv.fc_dst.weight", "conv.fc_dst.bias",
+                              "conv.attn", "out_bias"},
+    }
+    for model in ("gat", "gatv2"):
+        for mode in ("fwdbwd", "train"):
+            job = {"model": model, "mode": mode, "features": 16, "D": 8, "H": 2, "classes": 5, "seed": 0}
+            state = dgl_baseline.reference_module(job).state_dict()
+            mapped = dgl_baseline.to_dgl(state, model, mode)
+            assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in mapped.values())
+            if (model, mode) in expected:
+                assert set(mapped) == expected[(model, mode)]
+            back = dgl_baseline.from_dgl({k: torch.from_numpy(v) for k, v in mapped.items()}, model, mode)
+            assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
+    state = dgl_baseline.reference_module({"model": "gat", "mode": "fwdbwd", "features": 4, "D": 2, "H": 1,
+                                           "classes": 3, "seed": 0}).state_dict()
+    with pytest.raises(KeyError, match="without a DGL name"):
+        dgl_baseline.to_dgl({**state, "res.weight": state["lin.weight"]}, "gat", "fwdbwd")
+    with pytest.raises(ValueError, match="no counterpart"):
+        dgl_baseline.name_map("transformer", "train")
+
+
+def test_dgl_compare_and_written_inputs(tmp_path):
+    """The agreement arithmetic (relative to the largest output / gradient) and the files the worker
+    reads: numpy arrays and JSON only, the output gradient benchmarks/worker.py uses."""
+    from benchmarks import dgl_baseline
+
+    ours = {"out": torch.tensor([1.0, -4.0]), "grad:a": torch.tensor([0.0, 2.0]), "grad:b": torch.tensor([1.0])}
+    theirs = {"out": torch.tensor([1.0, -4.004]), "grad:a": torch.tensor([0.001, 2.0]), "grad:b": torch.tensor([1.0])}
+    out_err, grad_err = dgl_baseline.compare(ours, theirs)
+    assert out_err == pytest.approx(0.001, rel=1e-3) and grad_err == pytest.approx(0.0005, rel=1e-3)
+    with pytest.raises(KeyError):
+        dgl_baseline.compare(ours, {"out": ours["out"]})
+    job = {"benchmark": "layer", "model": "gatv2", "mode": "fwdbwd", "N": 50, "H": 2, "D": 4, "dtype": "bfloat16",
+           "device": "cpu", "features": 6, "classes": 3, "seed": 0, "warmup": 1, "repeats": 3}
+    ei = common.uniform_graph(50, 3, seed=0)
+    dgl_baseline.write_inputs(tmp_path, job, ei, dgl_baseline.reference_module(job).state_dict())
+    with np.load(tmp_path / "inputs.npz") as f:
+        assert sorted(f.files) == ["dst", "grad", "src", "x"]
+        assert f["src"].dtype == np.int64 and f["x"].dtype == np.float32 and f["grad"].shape == (50, 8)
+        assert np.array_equal(f["src"], ei[0].numpy())
+        assert np.array_equal(f["grad"], torch.randn(50, 8, generator=torch.Generator().manual_seed(7)).numpy())
+    assert json.loads((tmp_path / "job.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_dgl_rows_carry_dgls_environment(tmp_path):
+    """A result from DGL's environment writes its own torch / python / cuda into the row."""
+    runner = Runner("cpu", tmp_path / "x.csv", isolation="none", progress=False)
+    job = make_job(benchmark="layer", case="gat", provider="dgl", form="csr", graph={"kind": "uniform", "n": 10,
+                   "degree": 2}, device="cpu", mode="fwdbwd", dtype="float32", heads=1, head_dim=4)
+    job.update(model="gat", round=2, run="r")
+    row = runner._row(job, {"status": "ok", "time_median_s": 1.0, "env": {"torch": "2.2.1+cu121", "python": "3.11.0",
+                                                                          "cuda": "12.1", "dgl": "2.1.0"}}, 20)
+    assert (row["torch"], row["python"], row["cuda"], row["round"], row["run"]) == ("2.2.1+cu121", "3.11.0", "12.1", 2,
+                                                                                   "r")
+    assert "tflops" not in row and row["commit"] == runner.env["commit"]
+
+
+def _imports(path: Path) -> set:
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            found.add(node.module + "".join(f" {a.name}" for a in node.names if node.module == "benchmarks"))
+    return found
+
+
+def test_dgl_worker_imports_only_what_dgls_environment_has():
+    """dgl_worker.py runs under DGL's torch 2.2, without graphattn: it imports the standard library,
+    numpy, torch, dgl and benchmarks/common.py, which imports the standard library and torch only
+    (psutil and triton inside functions, guarded or as a fallback)."""
+    stdlib = set(sys.stdlib_module_names)
+    folder = Path(_REPO_ROOT) / "benchmarks"
+    worker = {m for m in _imports(folder / "dgl_worker.py") if m.split(".")[0] not in stdlib and m != "__future__"}
+    assert worker <= {"numpy", "torch", "torch.nn.functional", "dgl", "dgl.nn", "benchmarks common"}, worker
+    shared = {m.split(".")[0] for m in _imports(folder / "common.py")} - stdlib - {"__future__"}
+    assert shared <= {"torch", "psutil", "triton"}, shared
+
+
+@pytest.mark.skipif(not HAVE_DGL_ENV, reason="no .venv-dgl (make dgl-env): DGL's own environment")
+@pytest.mark.parametrize("model", ["gat", "gatv2"])
+def test_dgl_agrees_with_graphattn_training_model(model):
+    """DGL's 2-layer model (heads averaged in the output layer: GAT's out_bias path) from PyG's
+    weights: logits and every gradient of the loss match graphattn.nn's in float32."""
+    from benchmarks import dgl_baseline
+
+    line, out_err, grad_err = dgl_baseline.check_agreement(
+        dgl_baseline.default_python(), model, "train", features=16, hidden=8, heads=2, classes=5,
+        graph={"kind": "power_law", "n": 120, "degree": 5, "exponent": 0.7, "seed": 2})
+    assert out_err is not None, line
+    assert out_err < 1e-4 and grad_err < 1e-4, line
 
 
 # ---------------------------------------------------------------------------

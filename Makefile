@@ -176,3 +176,19 @@ $(DGL_VENV)/.dgl-installed:
 	$(DGL_VENV)/bin/python -m pip install -q $(DGL_PACKAGES)
 	cd / && DGLBACKEND=pytorch $(abspath $(DGL_VENV))/bin/python -c 'import dgl, torch; print("dgl", dgl.__version__, "torch", torch.__version__)'
 	touch $@
+
+# make bench-layers: issue 14's comparison in one command, graphattn.nn vs PyG vs DGL (DGL's
+# environment is made first if absent): `benchmarks.layers --layer` (GATConv, GATv2Conv,
+# TransformerConv forward + backward, N = 100,000, E = 1.6M uniform, F = 128, 4 heads x 32 channels)
+# and the training steps of `benchmarks.layers` at ogbn-arxiv size, float32 and bfloat16, ROUNDS
+# rounds each (the providers alternate; every measurement in a fresh process; the summaries and
+# the README take each provider's best round); rows appended to benchmarks/results/<device>.csv,
+# then the README's figures regenerated from it. Run it on a quiet machine. LAYERS_ARGS adds flags
+# to both runs (e.g. --device cpu, --threads 2, --models gat,gatv2).
+ROUNDS ?= 3
+LAYERS_ARGS ?=
+.PHONY: bench-layers
+bench-layers: graphattn/_C.so $(DGL_VENV)/.dgl-installed
+	$(VENV_PYTHON) -m benchmarks.layers --layer --rounds $(ROUNDS) --dgl-python $(DGL_VENV)/bin/python $(LAYERS_ARGS)
+	$(VENV_PYTHON) -m benchmarks.layers --rounds $(ROUNDS) --dgl-python $(DGL_VENV)/bin/python $(LAYERS_ARGS)
+	$(VENV_PYTHON) -m benchmarks.readme_figures

@@ -108,8 +108,8 @@ def render(rows: list, source: str, label: str = "") -> str:
         "",
         "    python -m benchmarks.segment_crossover --measure",
         "",
-        f"Data: {first['device']}, torch {first['torch']}, {'/'.join(threads)} threads, H = {first['H']}, "
-        f"D = {first['D']}, about {'/'.join(str(n) for n in sizes)} nodes per case;",
+        f"Data: {first['device']}, torch {first['torch']}, torch threads {'/'.join(threads)}, H = {first['H']}, "
+        f"D = {first['D']}, {sizes[0]}..{sizes[-1]} nodes per case;",
         f"commit {', '.join(commits)}; rows dated {dates[0]} .. {dates[-1]}.",
     ]
     if label:

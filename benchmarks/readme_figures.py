@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import common, plot
 from .readme_block import replace_block
+from .readme_tables import lines_for as dense_and_segment_tables
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -134,6 +135,7 @@ def section_for(csv_path: Path) -> list:
     raw = common.read_rows(csv_path)  # every round and skip (plot.load keeps the last ok row of a case)
     lines += _layers_lines(raw, "layer")
     lines += _layers_lines(raw, "layers")
+    lines += dense_and_segment_tables(rows)  # dense like for like, segments, the CPU crossover
     for png in sorted(RESULTS.glob(f"{csv_path.stem}-*.png"), key=_plot_order):
         lines.append(f"![{png.stem}]({png.relative_to(ROOT)})")
     return lines + [""]

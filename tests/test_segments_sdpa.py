@@ -253,3 +253,43 @@ def test_the_committed_crossover_file_is_what_its_csv_gives():
     csv_path = sc.ROOT / source
     assert csv_path.exists(), f"graphattn/segment_crossover.py names {source}, which is not in the repository"
     assert sc.main(["--csv", str(csv_path), "--check"]) == 0
+
+
+def test_readme_tables_from_rows(monkeypatch):
+    """benchmarks/readme_tables.py: the dense like-for-like and segments tables come from the rows
+    (ratios computed, nothing typed) and the segments table names auto's choice under the crossover."""
+    from benchmarks import readme_tables
+    from graphattn import segment_crossover
+
+    monkeypatch.setattr(segment_crossover, "THRESHOLDS", {("float32", "fwd"): 20.0})
+    base = dict(H=4.0, D=32.0, commit="abc1234", date="2026-01-01T00:00:00Z", device="Test CPU (2 cores)")
+    rows = [dict(base, benchmark="scaling/dtype", case="dense", N=2048.0, dtype="float32", mode="fwd",
+                 provider=p, time_median_s=t)
+            for p, t in (("graphattn-sdpa", 1.05), ("torch-sdpa-blhd", 1.0), ("torch-sdpa", 0.5))]
+    rows += [dict(base, benchmark="scaling/segments", case=case, N=4096.0, dtype="float32", mode="fwd", degree=deg,
+                  provider=p, time_median_s=t)
+             for case, deg in (("sizes 4-16", 11.0), ("sizes 64-256", 170.0))
+             for p, t in (("graphattn-cpu", 1.0), ("graphattn-sdpa", 2.0), ("torch-sdpa-padded", 3.0))]
+    text = "\n".join(readme_tables.lines_for(rows))
+    assert "| dtype | 2,048 | float32 | fwd | graphattn-sdpa | 1.05 s | 1.00 s | 1.050 | 500.00 ms | 2.100 | – | – |" in text
+    assert "| sizes 4-16 | 11 | float32 | fwd | 1.00 s | 2.00 s | 3.00 s | cpu |" in text
+    assert "| sizes 64-256 | 170 | float32 | fwd | 1.00 s | 2.00 s | 3.00 s | sdpa |" in text
+    assert "| float32 | 20 | – |" in text  # the crossover table
+    assert readme_tables.lines_for([r for r in rows if r["provider"] != "torch-sdpa-blhd"
+                                    and r["provider"] != "graphattn-sdpa"]) == []
+
+
+def test_crossover_measure_end_to_end(tmp_path):
+    """`python -m benchmarks.segment_crossover --measure --quick`: the sweep's rows, then the module."""
+    from benchmarks import common, segment_crossover as sc
+
+    csv_path, module = tmp_path / "crossover.csv", tmp_path / "segment_crossover.py"
+    assert sc.main(["--measure", "--quick", "--dtype", "float32", "--csv", str(csv_path), "--out", str(module),
+                    "--label", "smoke test"]) == 0
+    rows = common.read_rows(csv_path)
+    assert {r["provider"] for r in rows} == {"graphattn-cpu", "graphattn-sdpa"}
+    assert {r["benchmark"] for r in rows} == {"scaling/crossover"} and all(r["status"] == "ok" for r in rows)
+    namespace = {}
+    exec(module.read_text(), namespace)  # noqa: S102
+    assert set(namespace["THRESHOLDS"]) == {("float32", "fwd"), ("float32", "fwdbwd")}
+    assert sc.main(["--csv", str(csv_path), "--out", str(module), "--check"]) == 0

@@ -32,10 +32,11 @@ GRAPHATTN_CPU_TARGET inline const scalar_t* row_ptr(const RowsParams& r, int64_t
 }
 
 // The kernels are bound by the latency of gathering neighbour rows scattered
-// through memory, not by arithmetic: ask for a row a few edges before it is used.
-// The distance was chosen by timing benchmarks/cpu_vs_pyg.py on the 2-core CI
-// machine with 2, 3, 4, 8 and 16 edges ahead: 2 and 3 were fastest, and farther
-// (too many lines in flight) slower; prefetching only each row's first line was slower.
+// through memory, not by arithmetic: ask for a row a few edges before it is used, and
+// run on across row ends (rows_common.h, lookahead_end). The distance was chosen by
+// timing benchmarks/cpu_vs_pyg.py on the 2-core CI machine with 2, 3, 4, 8 and 16 edges
+// ahead: 2 and 3 were fastest, and farther (too many lines in flight) slower;
+// prefetching only each row's first line was slower.
 constexpr int64_t kPrefetchAhead = 2;
 
 template <typename scalar_t>
@@ -348,13 +349,17 @@ GRAPHATTN_CPU_TARGET void forward_rows(const ForwardParams& p, const Neighbours&
     std::fill(row_max.begin(), row_max.end(), neg_inf);
     std::fill(row_sum.begin(), row_sum.end(), acc_t(0));
     const auto [first, last] = nb.range(i);
+    const int64_t ahead_end = nb.lookahead_end(last, end);
     for (int64_t c = first; c < last; c += kChunk) {
       const int64_t n = std::min(kChunk, last - c);
       for (int64_t t = 0; t < n; ++t) srcs[t] = nb.node(c + t);
       for (int64_t t = 0; t < n; ++t) {
-        if (t + kPrefetchAhead < n) {
-          prefetch_row<scalar_t>(p.k, srcs[t + kPrefetchAhead], H, D);
-          prefetch_row<scalar_t>(p.v, srcs[t + kPrefetchAhead], H, Dv);  // read in the loop after this one
+        if (c + t + kPrefetchAhead < ahead_end) {
+          const int64_t j = nb.peek(c + t + kPrefetchAhead);
+          if (j >= 0) {
+            prefetch_row<scalar_t>(p.k, j, H, D);
+            prefetch_row<scalar_t>(p.v, j, H, Dv);  // read in the loop after this one
+          }
         }
         for (int64_t h = 0; h < H; ++h)
           scores[t * H + h] = score<kScore, acc_t, scalar_t>(p, q_row.data(), att, srcs[t], nb.edge(c + t), h);
@@ -443,12 +448,15 @@ GRAPHATTN_CPU_TARGET void backward_target_rows(const BackwardParams& b, const Ne
     std::fill(dq.begin(), dq.end(), acc_t(0));
     std::fill(datt.begin(), datt.end(), acc_t(0));
     const auto [first, last] = nb.range(i);
+    const int64_t ahead_end = nb.lookahead_end(last, end);
     for (int64_t e = first; e < last; ++e) {
       const int64_t j = nb.node(e), edge = nb.edge(e);
-      if (e + kPrefetchAhead < last) {
-        const int64_t ahead = nb.node(e + kPrefetchAhead);
-        prefetch_row<scalar_t>(p.k, ahead, H, D);
-        prefetch_row<scalar_t>(p.v, ahead, H, Dv);
+      if (e + kPrefetchAhead < ahead_end) {
+        const int64_t ahead = nb.peek(e + kPrefetchAhead);
+        if (ahead >= 0) {
+          prefetch_row<scalar_t>(p.k, ahead, H, D);
+          prefetch_row<scalar_t>(p.v, ahead, H, Dv);
+        }
         // The edge scratch and dbias are written by edge id: scattered, so fetch their lines early.
         if (b.edge_probs != nullptr)
           __builtin_prefetch(static_cast<acc_t*>(b.edge_probs) + nb.edge(e + kPrefetchAhead) * H * 2, 1);
@@ -505,12 +513,15 @@ GRAPHATTN_CPU_TARGET void backward_source_rows(const BackwardParams& b, const Ne
     std::fill(dk.begin(), dk.end(), acc_t(0));
     std::fill(dv.begin(), dv.end(), acc_t(0));
     const auto [first, last] = nb.range(j);
+    const int64_t ahead_end = nb.lookahead_end(last, end);
     for (int64_t e = first; e < last; ++e) {
       const int64_t i = nb.node(e), edge = nb.edge(e);
-      if (e + kPrefetchAhead < last) {
-        const int64_t ahead = nb.node(e + kPrefetchAhead);
-        prefetch_row<scalar_t>(p.q, ahead, H, D);
-        prefetch_row<scalar_t>(b.grad_out, ahead, H, Dv);
+      if (e + kPrefetchAhead < ahead_end) {
+        const int64_t ahead = nb.peek(e + kPrefetchAhead);
+        if (ahead >= 0) {
+          prefetch_row<scalar_t>(p.q, ahead, H, D);
+          prefetch_row<scalar_t>(b.grad_out, ahead, H, Dv);
+        }
         if (b.edge_probs != nullptr)
           __builtin_prefetch(static_cast<const acc_t*>(b.edge_probs) + nb.edge(e + kPrefetchAhead) * H * 2);
       }

@@ -49,6 +49,16 @@ struct CsrNeighbours {
     return j;
   }
   int64_t edge(int64_t p) const { return edge_id[p]; }
+  // For prefetching only: the endpoint at p, or -1 where it is out of range (node() reports it).
+  int64_t peek(int64_t p) const {
+    const int64_t j = index[p];
+    return j >= 0 && j < num_other ? j : -1;
+  }
+  // How far a thread working on rows [.., end_row) may look ahead from a row ending at `last`:
+  // to the end of its last row. The edges of the next rows follow in memory, so prefetching
+  // runs on across row ends (at degree ~16, stopping at each row's end would leave the
+  // first edges of every row unprefetched and the pipeline drained).
+  int64_t lookahead_end(int64_t /*last*/, int64_t end_row) const { return offsets[end_row]; }
 };
 
 // Node i meets every node of its segment; position p is the node itself.
@@ -61,6 +71,9 @@ struct SegmentNeighbours {
   }
   int64_t node(int64_t p) const { return p; }
   int64_t edge(int64_t p) const { return p; }
+  int64_t peek(int64_t p) const { return p; }
+  // The next row restarts at its segment's first node: look ahead within the row only.
+  int64_t lookahead_end(int64_t last, int64_t /*end_row*/) const { return last; }
 };
 
 }  // namespace cpu

@@ -192,3 +192,19 @@ bench-layers: graphattn/_C.so $(DGL_VENV)/.dgl-installed
 	$(VENV_PYTHON) -m benchmarks.layers --layer --rounds $(ROUNDS) --dgl-python $(DGL_VENV)/bin/python $(LAYERS_ARGS)
 	$(VENV_PYTHON) -m benchmarks.layers --rounds $(ROUNDS) --dgl-python $(DGL_VENV)/bin/python $(LAYERS_ARGS)
 	$(VENV_PYTHON) -m benchmarks.readme_figures
+
+# make bench-dense-segments: issue 14's dense and segment measurements in one command, on a quiet CPU
+# machine (benchmarks/README.md, "make bench-dense-segments"): the segment crossover (rewrites
+# graphattn/segment_crossover.py from benchmarks/results/crossover/<device>.csv), the dense cases of
+# the N and dtype sweeps (graphattn vs SDPA on the same data, SDPA on its own layout, FlexAttention),
+# the density and segments sweeps, into benchmarks/results/<device>.csv; then the PNGs and the
+# README's figures. BENCH_ARGS adds flags to the scaling runs (e.g. --threads 2).
+BENCH_ARGS ?=
+.PHONY: bench-dense-segments
+bench-dense-segments: graphattn/_C.so
+	$(VENV_PYTHON) -m benchmarks.segment_crossover --measure
+	$(VENV_PYTHON) -m benchmarks.scaling --device cpu --sweep n,dtype \
+		--providers graphattn-sdpa,torch-sdpa-blhd,torch-sdpa,flex $(BENCH_ARGS)
+	$(VENV_PYTHON) -m benchmarks.scaling --device cpu --sweep density,segments $(BENCH_ARGS)
+	$(VENV_PYTHON) -c "from benchmarks import common, plot; plot.plot_all(common.default_csv('cpu'))"
+	$(VENV_PYTHON) -m benchmarks.readme_figures

@@ -418,9 +418,11 @@ def flops(num_pairs: int, heads: int, head_dim: int, mode: str) -> float:
     return fwd * (1.0 + 2.5) if mode == "fwdbwd" else fwd
 
 
-def sparse_bytes(num_edges: int, heads: int, head_dim: int, elem_bytes: int) -> float:
-    """Bytes a sparse forward must gather: one K row and one V row per edge, E·2·H·D·bytes."""
-    return float(num_edges) * 2 * heads * head_dim * elem_bytes
+def sparse_bytes(num_edges: int, num_nodes: int, heads: int, head_dim: int, elem_bytes: int) -> float:
+    """Bytes a sparse forward must move at least: one K row and one V row gathered per edge, one Q
+    row read and one output row written per target, (E·2 + N·2)·H·D·bytes (the issue 14 measure;
+    rows dated before 2026-11-30 counted the gathered K/V rows only)."""
+    return (float(num_edges) * 2 + float(num_nodes) * 2) * heads * head_dim * elem_bytes
 
 
 # ---------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import dgl_baseline, models
+from . import common, dgl_baseline, models
 from .common import parse_dtype
 
 GiB = 2**30
@@ -62,6 +62,7 @@ class Provider:
     devices: tuple = ("cpu", "cuda")
     modules: tuple = ()  # importable modules it needs
     note = ""
+    counts_flops = True  # the row's TFLOP/s is the attention's FLOPs over its time
 
     def parent_skip_reason(self, job: dict) -> Optional[str]:
         """Why the job cannot run, decided without importing anything heavy (None: try it)."""
@@ -81,6 +82,41 @@ class Provider:
     def prepare(self, job: dict, graph):
         """-> (forward() -> output tensor, list of leaves whose .grad the harness resets)."""
         raise NotImplementedError
+
+    def bytes_moved(self, job: dict, num_edges: int) -> Optional[float]:
+        """Bytes one call must move, for the row's GB/s: a sparse forward's K/V gathers and Q/out
+        streams (common.sparse_bytes); None where no such count is meaningful."""
+        if job["mode"] != "fwd" or job["form"] != "csr":
+            return None
+        return common.sparse_bytes(num_edges, job["N"], job["H"], job["D"], _elem_bytes(job["dtype"]))
+
+
+class CopyBandwidth(Provider):
+    """The machine's copy bandwidth in the same run: dst.copy_(src) over buffers as large as the
+    bytes a sparse forward of the job's sizes moves; its GB/s counts the read and the write."""
+
+    name = "copy"
+    forms = ("csr",)
+    counts_flops = False
+    note = "dst.copy_(src), buffers of the sparse forward's byte count; GB/s = (read + write) / time"
+
+    def parent_skip_reason(self, job):
+        return super().parent_skip_reason(job) or (None if job["mode"] == "fwd" else "copy is timed in fwd mode only")
+
+    def _numel(self, job, num_edges):
+        return int(common.sparse_bytes(num_edges, job["N"], job["H"], job["D"], 4) // 4)
+
+    def estimate_bytes(self, job, num_edges):
+        return 8.0 * self._numel(job, num_edges)
+
+    def prepare(self, job, graph):
+        src = torch.ones(self._numel(job, graph.num_edges), device=job["device"])
+        dst = torch.empty_like(src)
+        dst.copy_(src)  # touch every page before timing
+        return (lambda: dst.copy_(src)), []
+
+    def bytes_moved(self, job, num_edges):
+        return 2.0 * 4 * self._numel(job, num_edges)
 
 
 def _inputs_bytes(job) -> float:
@@ -603,7 +639,7 @@ class DglLayerProvider(LayerProvider):
 # The providers of benchmarks/layers.py (mode "train": whole models; mode "fwdbwd": one layer).
 LAYER_PROVIDERS = ("graphattn", "pyg", "dgl")
 
-_FIXED = {p.name: p for p in (TorchSdpa(), TorchSdpaMask(), TorchSdpaPadded(), PygScatter(),
+_FIXED = {p.name: p for p in (CopyBandwidth(), TorchSdpa(), TorchSdpaMask(), TorchSdpaPadded(), PygScatter(),
                               PygTransformerConv(), FlexBlockMask(), DglEdgeSoftmax(),
                               LayerProvider("graphattn"), LayerProvider("pyg"), DglLayerProvider())}
 

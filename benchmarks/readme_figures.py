@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 
 from . import common, plot
+from .cpu_vs_pyg import bandwidth_fraction
 from .readme_block import replace_block
 from .readme_tables import lines_for as dense_and_segment_tables
 
@@ -37,10 +38,12 @@ def _latest_run(rows, benchmark):
 
 
 def _comparison_table(rows):
-    lines = ["| provider | mode | median time | p20–p80 | extra peak memory |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| provider | mode | median time | p20–p80 | GB/s | extra peak memory |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
+        gbps = f"{float(r['gbps']):.1f}" if r.get("gbps") not in (None, "") else "–"
         lines.append(f"| {r['provider']} | {r['mode']} | {common.fmt_time(r['time_median_s'])} | "
-                     f"{common.fmt_time(r['time_p20_s'])}–{common.fmt_time(r['time_p80_s'])} | "
+                     f"{common.fmt_time(r['time_p20_s'])}–{common.fmt_time(r['time_p80_s'])} | {gbps} | "
                      f"{common.fmt_bytes(r['peak_mem_bytes'])} |")
     by = {(r["provider"], r["mode"]): r for r in rows}
     for mode in ("fwd", "fwdbwd"):
@@ -50,6 +53,12 @@ def _comparison_table(rows):
             lines.append(f"{mode}: graphattn is **{base['time_median_s'] / ours['time_median_s']:.1f}×** faster than "
                          f"the PyG-style baseline and uses **{ours['peak_mem_bytes'] / base['peak_mem_bytes']:.3f}×** "
                          "its extra peak memory.")
+    pair = bandwidth_fraction(rows, "graphattn-cpu")
+    if pair:
+        ours, copy = pair
+        lines += ["", f"fwd bandwidth: graphattn moves **{ours:.1f} GB/s** (K/V rows gathered + Q/out streamed), "
+                      f"**{100 * ours / copy:.0f}%** of the copy bandwidth measured in the same run ({copy:.1f} GB/s, "
+                      "read + write)."]
     return lines
 
 

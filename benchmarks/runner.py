@@ -181,10 +181,12 @@ class Runner:
         t = result.get("time_median_s")
         # attention FLOPs: not for whole models or layers (jobs with a "model": benchmarks/layers.py)
         if result.get("status") == "ok" and t and mode in ("fwd", "fwdbwd") and "model" not in job:
-            row["tflops"] = common.flops(e, h, d, mode) / t / 1e12
-            if mode == "fwd" and job["form"] == "csr":
-                elem = common.parse_dtype(job["dtype"]).itemsize
-                row["gbps"] = common.sparse_bytes(e, h, d, elem) / t / 1e9
+            provider = get_provider(job["provider"])
+            if provider.counts_flops:
+                row["tflops"] = common.flops(e, h, d, mode) / t / 1e12
+            moved = provider.bytes_moved(job, e)
+            if moved is not None:
+                row["gbps"] = moved / t / 1e9
         # a provider measured in another environment reports its own versions (torch, python, ...)
         env = {**self.env, **{k: v for k, v in (result.get("env") or {}).items() if k in self.env}}
         row.update({k: env[k] for k in ("device", "torch", "triton", "cuda", "python", "commit")})

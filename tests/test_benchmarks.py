@@ -72,7 +72,7 @@ def test_quick_csv_rows(quick_csv):
     ok = [r for r in rows if r["status"] == "ok"]
     assert ok
     for r in ok:
-        for col in ("time_median_s", "time_p20_s", "time_p80_s", "tflops"):
+        for col in ("time_median_s", "time_p20_s", "time_p80_s") + (("tflops",) if r["provider"] != "copy" else ()):
             assert float(r[col]) > 0, (col, r)
         assert float(r["time_p20_s"]) <= float(r["time_median_s"]) <= float(r["time_p80_s"])
         assert int(r["peak_mem_bytes"]) >= 0
@@ -99,6 +99,20 @@ def test_quick_csv_rows(quick_csv):
     fwd_sparse = [r for r in pyg_rows if r["mode"] == "fwd" and r["status"] == "ok"]
     assert fwd_sparse and all(float(r["gbps"]) > 0 for r in fwd_sparse)  # GB/s: sparse forward rows
     assert all(r["gbps"] == "" for r in ok if r["mode"] == "fwdbwd")
+    # the copy-bandwidth baseline of the same run: forward only, GB/s but no FLOPs
+    copy = [r for r in pyg_rows if r["provider"] == "copy"]
+    assert [(r["mode"], r["status"]) for r in copy] == [("fwd", "ok")]
+    assert float(copy[0]["gbps"]) > 0 and copy[0]["tflops"] == ""
+
+
+def test_bandwidth_fraction_reads_the_forward_and_the_copy_rows():
+    rows = [{"provider": "graphattn-cpu", "mode": "fwd", "status": "ok", "gbps": "6.0"},
+            {"provider": "graphattn-cpu", "mode": "fwdbwd", "status": "ok", "gbps": ""},
+            {"provider": "copy", "mode": "fwd", "status": "ok", "gbps": "24.0"}]
+    assert cpu_vs_pyg.bandwidth_fraction(rows, "graphattn-cpu") == (6.0, 24.0)
+    assert "25% of copy's 24.0 GB/s" in cpu_vs_pyg.bandwidth_summary(rows, "graphattn-cpu")
+    assert "NOT MET" in cpu_vs_pyg.bandwidth_summary(rows, "graphattn-cpu")
+    assert cpu_vs_pyg.bandwidth_fraction(rows[:2], "graphattn-cpu") is None  # no copy row: no ratio
 
 
 def test_quick_plots(quick_csv):
@@ -123,6 +137,7 @@ def test_readme_figures_come_from_the_csv(quick_csv, tmp_path, monkeypatch):
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
     assert "graphattn-cpu" in text and "pyg-scatter" in text and "faster than the PyG-style baseline" in text
+    assert "of the copy bandwidth measured in the same run" in text
 
 
 def test_layers_quick_end_to_end(tmp_path):

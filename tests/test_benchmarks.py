@@ -744,3 +744,29 @@ def test_kernel_resources_check_finds_a_stale_csv():
     diffs = kr.compare([dict(base, registers=48), dict(base, variant="HB=4")], [base, other])
     assert len(diffs) == 3 and any("registers 40 -> 48" in d for d in diffs)
     assert any(d.startswith("new variant") for d in diffs) and any("no longer produced" in d for d in diffs)
+
+
+def test_layer_profile_sorts_ops_and_writes_the_table(tmp_path):
+    """benchmarks.layer_profile at a tiny size: every category's rows, the kernels in their own
+    categories, and the README block rebuilt from the rows."""
+    from benchmarks import layer_profile
+
+    assert layer_profile.category("graphattn::csr_scored_attention_backward") == "attention bwd"
+    assert layer_profile.category("graphattn::csr_attention_forward") == "attention fwd"
+    assert layer_profile.category("aten::addmm") == "projections"
+    assert layer_profile.category("aten::scatter_add_") == "gather/scatter"
+    assert layer_profile.category("aten::sort") == "graph prep"
+    assert layer_profile.category("aten::exp") == "other"
+    csv = tmp_path / "p.csv"
+    providers = "graphattn,pyg" if HAVE_PYG else "graphattn"
+    assert layer_profile.main(["--nodes", "300", "--layers", "gat", "--providers", providers, "--dtypes", "float32",
+                               "--repeats", "1", "--out", str(csv), "--no-readme"]) == 0
+    rows = common.read_rows(csv)
+    ours = {r["case"]: float(r["time_median_s"]) for r in rows if r["provider"] == "graphattn"}
+    assert set(ours) == {f"gat: {c}" for c in layer_profile.CATEGORIES + ("total (wall)",)}
+    assert ours["gat: attention fwd"] > 0 and ours["gat: attention bwd"] > 0 and ours["gat: projections"] > 0
+    readme = tmp_path / "README.md"
+    readme.write_text(f"a\n{layer_profile.BEGIN}\nold\n{layer_profile.END}\nb\n")
+    assert layer_profile.update_readme(csv, readme)
+    text = readme.read_text()
+    assert "old" not in text and "| gat | float32 | graphattn |" in text

@@ -53,10 +53,6 @@ struct BackwardParams {
   const void* grad_lse = nullptr;  // [num_dst, H] accumulation dtype, or null
   PatternParams by_source;      // outgoing edges of each source row (the transposed CSR)
   void* delta = nullptr;        // scratch [num_dst, H] accumulation dtype: rowsum(dO*O) - grad_lse
-  // Optional scratch [E, H, 2] accumulation dtype, by edge id: (p, ds) of each edge, written by
-  // the target pass so the source pass reads them instead of recomputing two dot products and
-  // an exp per edge and head. Null: the source pass recomputes them.
-  void* edge_probs = nullptr;
   void* grad_q = nullptr;       // contiguous, input dtype
   void* grad_k = nullptr;
   void* grad_v = nullptr;

@@ -284,7 +284,8 @@ GRAPHATTN_CPU_TARGET inline void additive_grad_k(acc_t* dk, acc_t ds, const scal
 }
 
 // The score without bias: q_row_h is head h of the target row (accumulation type),
-// k_jh head h of the source row, att_h head h of att (additive scores only).
+// k_jh head h of the source row, att_h head h of att (additive scores only). Both kinds are
+// symmetric in q and k, bitwise: the source pass of the backward passes k's row first.
 template <int kScore, typename acc_t, typename scalar_t>
 GRAPHATTN_CPU_TARGET inline acc_t raw_score(const ForwardParams& p, const acc_t* q_row_h, const scalar_t* k_jh,
                                             const acc_t* att_h) {
@@ -457,9 +458,6 @@ GRAPHATTN_CPU_TARGET void backward_target_rows(const BackwardParams& b, const Ne
           prefetch_row<scalar_t>(p.k, ahead, H, D);
           prefetch_row<scalar_t>(p.v, ahead, H, Dv);
         }
-        // The edge scratch and dbias are written by edge id: scattered, so fetch their lines early.
-        if (b.edge_probs != nullptr)
-          __builtin_prefetch(static_cast<acc_t*>(b.edge_probs) + nb.edge(e + kPrefetchAhead) * H * 2, 1);
       }
       for (int64_t h = 0; h < H; ++h) {
         const scalar_t* k_jh = row_ptr<scalar_t>(p.k, j, h);
@@ -475,11 +473,6 @@ GRAPHATTN_CPU_TARGET void backward_target_rows(const BackwardParams& b, const Ne
                           k_jh, att + h * D, D, slope);
         }
         if (b.grad_bias != nullptr) static_cast<scalar_t*>(b.grad_bias)[edge * H + h] = from_acc<scalar_t>(ds);
-        if (b.edge_probs != nullptr) {
-          acc_t* slot = static_cast<acc_t*>(b.edge_probs) + (edge * H + h) * 2;
-          slot[0] = prob * factor;  // the weight after dropout, which dV needs
-          slot[1] = ds;
-        }
       }
     }
     // The dot score's scale is applied once per row rather than once per edge.
@@ -498,18 +491,22 @@ void backward_targets(const BackwardParams& b, const Neighbours& nb) {
 }
 
 // Backward, pass 2, over source rows (the transposed CSR, or the same segment):
-// dV_j = sum p dO_i and dK_j = scale * sum ds q_i over the edges leaving j, with
-// (p, ds) read from pass 1's edge scratch when there is one, else recomputed.
+// dV_j = sum f p dO_i and dK_j = sum ds ds/dk_j over the edges leaving j. Each edge's (p, ds) is
+// recomputed here, bitwise as pass 1 computed it (the score and <v_j, dO_i> are symmetric in their
+// operands and summed in the same order), from the target's lse and Delta: [N_dst, H] arrays that
+// stay in cache. Storing them per edge in pass 1 instead cost two scattered accesses per edge (a
+// write and a read by edge id, ~2*4*H bytes each) and E*H*8 bytes of memory.
 template <typename scalar_t, typename acc_t, typename Neighbours, int kScore>
 GRAPHATTN_CPU_TARGET void backward_source_rows(const BackwardParams& b, const Neighbours& nb, const acc_t* att,
                                                int64_t begin, int64_t end) {
   const ForwardParams& p = b.fwd;
   const int64_t H = p.num_heads, D = p.head_dim, Dv = p.value_dim;
   const acc_t slope = static_cast<acc_t>(p.negative_slope);
+  const acc_t* grad_alpha = static_cast<const acc_t*>(b.grad_alpha);
   std::vector<acc_t> k_row(H * D), v_row(H * Dv), dk(H * D), dv(H * Dv);
   for (int64_t j = begin; j < end; ++j) {
-    if (b.edge_probs == nullptr || kScore != kDotScore) load_row<acc_t, scalar_t>(k_row.data(), p.k, j, H, D);
-    if (b.edge_probs == nullptr) load_row<acc_t, scalar_t>(v_row.data(), p.v, j, H, Dv);
+    load_row<acc_t, scalar_t>(k_row.data(), p.k, j, H, D);
+    load_row<acc_t, scalar_t>(v_row.data(), p.v, j, H, Dv);
     std::fill(dk.begin(), dk.end(), acc_t(0));
     std::fill(dv.begin(), dv.end(), acc_t(0));
     const auto [first, last] = nb.range(j);
@@ -522,26 +519,20 @@ GRAPHATTN_CPU_TARGET void backward_source_rows(const BackwardParams& b, const Ne
           prefetch_row<scalar_t>(p.q, ahead, H, D);
           prefetch_row<scalar_t>(b.grad_out, ahead, H, Dv);
         }
-        if (b.edge_probs != nullptr)
-          __builtin_prefetch(static_cast<const acc_t*>(b.edge_probs) + nb.edge(e + kPrefetchAhead) * H * 2);
       }
       const acc_t* lse = static_cast<const acc_t*>(p.lse) + i * H;
       const acc_t* delta = static_cast<const acc_t*>(b.delta) + i * H;
-      const acc_t* stored = b.edge_probs == nullptr ? nullptr : static_cast<const acc_t*>(b.edge_probs) + edge * H * 2;
       for (int64_t h = 0; h < H; ++h) {
         const scalar_t* q_i = row_ptr<scalar_t>(p.q, i, h);
         const scalar_t* go_i = row_ptr<scalar_t>(b.grad_out, i, h);
-        acc_t prob, ds;
-        if (stored != nullptr) {
-          prob = stored[2 * h];
-          ds = stored[2 * h + 1];
-        } else {
-          const acc_t s = static_cast<acc_t>(p.scale) * dot(k_row.data() + h * D, q_i, D) +
-                          bias_at<acc_t, scalar_t>(p, edge, h);  // dot scores only (checked by the caller)
-          prob = weight_from_lse(s, lse[h]);
-          ds = prob * (dot(v_row.data() + h * Dv, go_i, Dv) - delta[h]);
-        }
-        axpy(dv.data() + h * Dv, prob, go_i, Dv);
+        const acc_t s = raw_score<kScore, acc_t, scalar_t>(p, k_row.data() + h * D, q_i, att + h * D) +
+                        bias_at<acc_t, scalar_t>(p, edge, h);
+        const acc_t prob = weight_from_lse(s, lse[h]);
+        acc_t dp = dot(v_row.data() + h * Dv, go_i, Dv);
+        if (grad_alpha != nullptr) dp += grad_alpha[edge * H + h];
+        const acc_t factor = dropout_factor<acc_t>(p.dropout, edge, h);
+        const acc_t ds = prob * (factor * dp - delta[h]);
+        axpy(dv.data() + h * Dv, prob * factor, go_i, Dv);  // the weight after dropout
         if constexpr (kScore == kDotScore) {
           axpy(dk.data() + h * D, ds, q_i, D);
         } else {
@@ -557,9 +548,6 @@ GRAPHATTN_CPU_TARGET void backward_source_rows(const BackwardParams& b, const Ne
 
 template <typename scalar_t, typename acc_t, typename Neighbours, int kScore = kDotScore>
 void backward_sources(const BackwardParams& b, const Neighbours& nb) {
-  // Recomputing (p, ds) here is written for the plain dot score only (the segment pattern).
-  TORCH_CHECK(b.edge_probs != nullptr || (kScore == kDotScore && !b.fwd.dropout.enabled && b.grad_alpha == nullptr),
-              "graphattn: internal: the source pass of score kinds, dropout or alpha needs the edge scratch");
   const std::vector<acc_t> att = load_att<kScore, acc_t, scalar_t>(b.fwd);
   at::parallel_for(0, b.fwd.num_src, 16, [&](int64_t begin, int64_t end) {
     backward_source_rows<scalar_t, acc_t, Neighbours, kScore>(b, nb, att.data(), begin, end);
@@ -584,7 +572,7 @@ void csr_backward(const BackwardParams& b, const CsrNeighbours& by_target, const
                   at::ScalarType dtype, int score_kind) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "csr_attention_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    // The target pass also fills delta and the edge scratch, which the source pass reads.
+    // The target pass also fills delta, which the source pass reads.
     if (score_kind == kDotScore) {
       backward_targets<scalar_t, acc_t, CsrNeighbours, kDotScore>(b, by_target);
       backward_sources<scalar_t, acc_t, CsrNeighbours, kDotScore>(b, by_source);

@@ -98,13 +98,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> csr_score
   need_datt = need_datt && att.defined();
   at::Tensor grad_att_rows = need_datt ? at::empty({t.q.size(0), H, t.q.size(2)}, acc_options) : at::Tensor();
   b.grad_att_rows = need_datt ? grad_att_rows.data_ptr() : nullptr;
-  // At least one row, so the source pass always sees a scratch (an empty tensor has no data pointer).
-  at::Tensor edge_probs = at::empty({std::max<int64_t>(E, 1), H, 2}, acc_options);
-  b.edge_probs = edge_probs.data_ptr();
   const CsrNeighbours by_target{b.fwd.by_target.offsets, b.fwd.by_target.index, b.fwd.by_target.edge_id,
                                 b.fwd.num_src};
   const CsrNeighbours by_source{b.by_source.offsets, b.by_source.index, b.by_source.edge_id, b.fwd.num_dst};
-  // The target pass also fills delta and the edge scratch, which the source pass reads.
+  // The target pass also fills delta, which the source pass reads.
   row_kernels().csr_backward(b, by_target, by_source, t.q.scalar_type(), static_cast<int>(score_kind));
   at::Tensor grad_att = need_datt ? grad_att_rows.sum(0).to(t.q.scalar_type()) : at::empty({0}, options);
   return {t.grad_q, t.grad_k, t.grad_v, grad_bias, grad_att};

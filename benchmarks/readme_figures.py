@@ -12,6 +12,7 @@ drawn from that file by benchmarks/plot.py.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from . import common, plot
@@ -37,28 +38,46 @@ def _latest_run(rows, benchmark):
     return [r for r in rows if r["commit"] == last["commit"] and r["date"][:13] == last["date"][:13]]
 
 
+def _gbps_cell(r) -> str:
+    try:
+        value = float(r.get("gbps"))
+    except (TypeError, ValueError):
+        return "–"
+    return "–" if math.isnan(value) else f"{value:.1f}"
+
+
 def _comparison_table(rows):
-    lines = ["| provider | mode | median time | p20–p80 | GB/s | extra peak memory |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    """The cpu_vs_pyg run's rows (one or more dtypes): a table, then per dtype the ratios against
+    the PyG-style baseline and the forward's fraction of the copy bandwidth, and each half
+    dtype's forward+backward time relative to float32 (issue 14's target: <= 0.6)."""
+    lines = ["| provider | dtype | mode | median time | p20–p80 | GB/s | extra peak memory |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        gbps = f"{float(r['gbps']):.1f}" if r.get("gbps") not in (None, "") else "–"
-        lines.append(f"| {r['provider']} | {r['mode']} | {common.fmt_time(r['time_median_s'])} | "
-                     f"{common.fmt_time(r['time_p20_s'])}–{common.fmt_time(r['time_p80_s'])} | {gbps} | "
+        lines.append(f"| {r['provider']} | {r['dtype']} | {r['mode']} | {common.fmt_time(r['time_median_s'])} | "
+                     f"{common.fmt_time(r['time_p20_s'])}–{common.fmt_time(r['time_p80_s'])} | {_gbps_cell(r)} | "
                      f"{common.fmt_bytes(r['peak_mem_bytes'])} |")
-    by = {(r["provider"], r["mode"]): r for r in rows}
-    for mode in ("fwd", "fwdbwd"):
-        ours, base = by.get(("graphattn-cpu", mode)), by.get(("pyg-scatter", mode))
-        if ours and base:
-            lines.append("")
-            lines.append(f"{mode}: graphattn is **{base['time_median_s'] / ours['time_median_s']:.1f}×** faster than "
-                         f"the PyG-style baseline and uses **{ours['peak_mem_bytes'] / base['peak_mem_bytes']:.3f}×** "
-                         "its extra peak memory.")
-    pair = bandwidth_fraction(rows, "graphattn-cpu")
-    if pair:
-        ours, copy = pair
-        lines += ["", f"fwd bandwidth: graphattn moves **{ours:.1f} GB/s** (K/V rows gathered + Q/out streamed), "
-                      f"**{100 * ours / copy:.0f}%** of the copy bandwidth measured in the same run ({copy:.1f} GB/s, "
-                      "read + write)."]
+    dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
+    for dtype in dtypes:
+        of_dtype = [r for r in rows if r["dtype"] == dtype]
+        by = {(r["provider"], r["mode"]): r for r in of_dtype}
+        for mode in ("fwd", "fwdbwd"):
+            ours, base = by.get(("graphattn-cpu", mode)), by.get(("pyg-scatter", mode))
+            if ours and base:
+                lines += ["", f"{dtype} {mode}: graphattn is **{base['time_median_s'] / ours['time_median_s']:.1f}×** "
+                              f"faster than the PyG-style baseline and uses "
+                              f"**{ours['peak_mem_bytes'] / base['peak_mem_bytes']:.3f}×** its extra peak memory."]
+        pair = bandwidth_fraction(of_dtype, "graphattn-cpu")
+        if pair:
+            ours, copy = pair
+            lines += ["", f"{dtype} fwd bandwidth: graphattn moves **{ours:.1f} GB/s** (K/V rows gathered + Q/out "
+                          f"streamed), **{100 * ours / copy:.0f}%** of the copy bandwidth measured in the same run "
+                          f"({copy:.1f} GB/s, read + write)."]
+    times = {(r["dtype"], r["mode"]): float(r["time_median_s"]) for r in rows if r["provider"] == "graphattn-cpu"}
+    for dtype in ("bfloat16", "float16"):
+        for mode in ("fwd", "fwdbwd"):
+            if (dtype, mode) in times and ("float32", mode) in times:
+                lines += ["", f"{dtype} {mode}: **{times[(dtype, mode)] / times[('float32', mode)]:.2f}×** the float32 "
+                              "time (separate runs of one session)."]
     return lines
 
 
@@ -137,8 +156,9 @@ def section_for(csv_path: Path) -> list:
     run = _latest_run(rows, "cpu_vs_pyg")
     if run:
         r0 = run[0]
+        dtypes = ", ".join(dict.fromkeys(r["dtype"] for r in run))
         lines += [f"**Sparse attention vs PyG** (`python -m benchmarks.cpu_vs_pyg --mode both`): N = {int(r0['N']):,}, "
-                  f"E = {int(r0['E']):,}, H = {int(r0['H'])}, D = {int(r0['D'])}, {r0['dtype']}, "
+                  f"E = {int(r0['E']):,}, H = {int(r0['H'])}, D = {int(r0['D'])}, {dtypes}, "
                   f"commit {r0['commit']}, {r0['date']}.", ""]
         lines += _comparison_table(run) + [""]
     raw = common.read_rows(csv_path)  # every round and skip (plot.load keeps the last ok row of a case)

@@ -4,9 +4,9 @@ Regenerate on the machine auto should be tuned for (quiet: the rows are wall-clo
 
     python -m benchmarks.segment_crossover --measure
 
-Data: Intel(R) Xeon(R) Processor (2 cores), torch 2.13.0+cpu, torch threads 1, H = 4, D = 32, 4096..4281 nodes per case;
-commit 187cdb7-dirty, c784984-dirty; rows dated 2026-11-30T07:48:06Z .. 2026-11-30T07:51:50Z.
-Note: a first, small measurement on a shared 2-core machine while other work ran on it (noisy: 1 torch thread, about 4096 nodes per case, 5 repeats); regenerate on a quiet machine with all cores
+Data: Intel(R) Xeon(R) Processor (2 cores), torch 2.13.0+cpu, torch threads 2, H = 4, D = 32, 16385..16645 nodes per case;
+commit 73d2ea3-dirty; rows dated 2026-11-30T08:58:35Z .. 2026-11-30T09:03:50Z.
+Note: 2-core Intel Xeon, quiet (nothing else running), 2026-11-30
 
 graphattn/dispatch.py: auto sends a CPU segments call that does not ask for lse to SDPA over
 padded blocks (the sdpa backend) when E / N (the mean size of a node's segment) >=
@@ -14,27 +14,27 @@ THRESHOLDS[(dtype, mode)], mode 'fwdbwd' when a backward will follow, else 'fwd'
 that is missing or None keeps the segment kernel.
 
 Measured, E / N: segment kernel time / sdpa time (> 1: sdpa faster):
-    float32 fwd: 4.17: 0.15, 8.2: 0.27, 16.6: 0.24, 33.2: 0.65, 67.2: 0.98, 135: 1.95, 271: 1.88
-    float32 fwdbwd: 4.17: 0.29, 8.2: 0.50, 16.6: 1.56, 33.2: 2.66, 67.2: 3.90, 135: 4.92, 271: 6.73
-    bfloat16 fwd: 4.17: 0.18, 8.2: 0.22, 16.6: 0.99, 33.2: 0.79, 67.2: 1.20, 135: 5.30, 271: 6.33
-    bfloat16 fwdbwd: 4.17: 0.25, 8.2: 0.30, 16.6: 0.12, 33.2: 0.33, 67.2: 0.55, 135: 0.81, 271: 3.00
-    float16 fwd: 4.17: 0.12, 8.2: 0.25, 16.6: 0.82, 33.2: 1.53, 67.2: 0.79, 135: 1.91, 271: 2.83
-    float16 fwdbwd: 4.17: 0.25, 8.2: 0.29, 16.6: 0.16, 33.2: 0.32, 67.2: 0.77, 135: 1.00, 271: 2.40
-    float64 fwd: 4.17: 0.30, 8.2: 0.17, 16.6: 0.36, 33.2: 0.53, 67.2: 0.49, 135: 1.21, 271: 2.94
-    float64 fwdbwd: 4.17: 0.24, 8.2: 0.44, 16.6: 0.81, 33.2: 0.77, 67.2: 1.75, 135: 3.46, 271: 3.88
+    float32 fwd: 4.17: 0.07, 8.22: 0.15, 16.4: 0.33, 32.7: 0.39, 64.6: 0.98, 130: 1.83, 264: 2.44
+    float32 fwdbwd: 4.17: 0.27, 8.22: 0.43, 16.4: 0.64, 32.7: 0.91, 64.6: 1.82, 130: 2.46, 264: 3.36
+    bfloat16 fwd: 4.17: 0.10, 8.22: 0.10, 16.4: 0.24, 32.7: 0.35, 64.6: 1.20, 130: 2.27, 264: 3.29
+    bfloat16 fwdbwd: 4.17: 0.17, 8.22: 0.30, 16.4: 0.11, 32.7: 0.27, 64.6: 0.45, 130: 1.09, 264: 2.96
+    float16 fwd: 4.17: 0.09, 8.22: 0.11, 16.4: 0.27, 32.7: 0.40, 64.6: 0.74, 130: 1.47, 264: 1.65
+    float16 fwdbwd: 4.17: 0.13, 8.22: 0.21, 16.4: 0.12, 32.7: 0.27, 64.6: 0.54, 130: 1.00, 264: 2.41
+    float64 fwd: 4.17: 0.12, 8.22: 0.19, 16.4: 0.36, 32.7: 0.39, 64.6: 0.89, 130: 1.14, 264: 2.39
+    float64 fwdbwd: 4.17: 0.35, 8.22: 0.55, 16.4: 0.75, 32.7: 1.12, 64.6: 1.45, 130: 2.55, 264: 3.59
 """
 DEVICE = 'Intel(R) Xeon(R) Processor (2 cores)'
 TORCH = '2.13.0+cpu'
-COMMIT = '187cdb7-dirty, c784984-dirty'
-DATE = '2026-11-30T07:51:50Z'
+COMMIT = '73d2ea3-dirty'
+DATE = '2026-11-30T09:03:50Z'
 
 THRESHOLDS = {
-    ('float32', 'fwd'): 68.7,
-    ('float32', 'fwdbwd'): 12.6,
-    ('bfloat16', 'fwd'): 49.6,
-    ('bfloat16', 'fwdbwd'): 151.0,
-    ('float16', 'fwd'): 81.0,
-    ('float16', 'fwdbwd'): 135.0,
-    ('float64', 'fwd'): 116.0,
-    ('float64', 'fwdbwd'): 41.6,
+    ('float32', 'fwd'): 65.7,
+    ('float32', 'fwdbwd'): 35.8,
+    ('bfloat16', 'fwd'): 58.3,
+    ('bfloat16', 'fwdbwd'): 122.0,
+    ('float16', 'fwd'): 88.1,
+    ('float16', 'fwdbwd'): 130.0,
+    ('float64', 'fwd'): 89.1,
+    ('float64', 'fwdbwd'): 27.0,
 }

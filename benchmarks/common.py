@@ -220,6 +220,95 @@ class Timer:
         return start.elapsed_time(end) / 1e3
 
 
+def limit_cpu_memory(limit_bytes) -> None:
+    """On CPU, cap a worker's address space so an oversized case fails with an allocation error
+    (caught, reported as skipped) instead of waking the OOM killer. The cap is the current virtual
+    size plus the limit plus slack for thread stacks and malloc arenas."""
+    import resource
+
+    if not limit_bytes:
+        return
+    vm_kb = _proc_status_kb("VmSize")
+    if vm_kb is None:
+        return
+    cap = int(vm_kb * 1024 + limit_bytes + 2**30)
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY:
+            cap = min(cap, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    except (ValueError, OSError):
+        pass
+
+
+def is_oom(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return (isinstance(exc, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError)))
+            or "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text)
+
+
+def first_line(exc: BaseException) -> str:
+    """The exception's type and first line, short enough for a CSV row's reason."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def memory_in_use(device: str, collect: bool = False) -> int:
+    """Bytes in use now (CUDA: allocated by torch; CPU: the process's RSS), after the device's
+    work finished; `collect`: after a garbage collection and malloc_trim, as a baseline."""
+    if collect:
+        gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        return torch.cuda.memory_allocated()
+    if collect:
+        malloc_trim()
+    return rss_bytes()
+
+
+class Stage:
+    """Where a measuring worker is, for the reason of a skipped row ("failed during timing: ...")."""
+
+    def __init__(self, name: str = "setup"):
+        self.name = name
+
+
+def skipped_because(result: dict, exc: BaseException, stage: Stage) -> dict:
+    """A worker's failure as a skipped row (called in its except clause): out of memory or failed,
+    during which stage, the exception's first line; the traceback too with GRAPHATTN_BENCH_DEBUG."""
+    if isinstance(exc, KeyboardInterrupt):
+        raise exc
+    kind = "out of memory" if is_oom(exc) else "failed"
+    result.update(status="skipped", reason=f"{kind} during {stage.name}: {first_line(exc)}")
+    if os.environ.get("GRAPHATTN_BENCH_DEBUG"):
+        import traceback
+
+        result["reason"] += "\n" + traceback.format_exc()
+    return result
+
+
+def measure_step(step: Callable[[], None], leaves: list, job: dict, device: str, stage: Stage) -> dict:
+    """What every worker measures of a prepared step (benchmarks/worker.py, benchmarks/dgl_worker.py):
+    untimed warm-up calls (the first compiles, autotunes or builds lazy state), the extra peak
+    memory of one call, then the timed calls; `leaves`' gradients are reset before each."""
+    def reset():
+        for t in leaves:
+            t.grad = None
+
+    timer = Timer(device, flush_l2=job.get("flush_l2", True))
+    stage.name = "warmup"
+    for _ in range(max(1, int(job.get("warmup", 1)))):
+        reset()
+        step()
+    stage.name = "memory"
+    peak, method = peak_memory(step, reset, device)
+    stage.name = "timing"
+    times = time_calls(step, reset, timer, int(job.get("repeats", 10)), job.get("budget_s"))
+    reset()
+    return {"peak_mem_bytes": peak, "mem_method": method, **summarize(times), "status": "ok",
+            "repeats": len(times), "times": times, "threads": torch.get_num_threads()}
+
+
 def time_calls(step: Callable[[], None], reset: Callable[[], None], timer: Timer, repeats: int,
                budget_s: Optional[float] = None, min_repeats: int = 3) -> list:
     """Up to `repeats` timed calls, `reset()` (untimed) before each; stops early once the timed

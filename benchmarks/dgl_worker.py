@@ -41,11 +41,8 @@ the leaves' grads are reset.
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
-import os
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -141,35 +138,6 @@ def environment() -> dict:
     return env
 
 
-def limit_cpu_memory(limit_bytes) -> None:
-    """benchmarks/worker.py's cap: the address space, so that an oversized case fails with an
-    allocation error (reported) instead of waking the OOM killer."""
-    if not limit_bytes:
-        return
-    vm_kb = common._proc_status_kb("VmSize")
-    if vm_kb is None:
-        return
-    cap = int(vm_kb * 1024 + limit_bytes + 2**30)
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-        if hard != resource.RLIM_INFINITY:
-            cap = min(cap, hard)
-        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-    except (ValueError, OSError):
-        pass
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
-
-
-def _is_oom(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return (isinstance(exc, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError)))
-            or "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text)
-
-
 def _check_device(device: str) -> None:
     if device == "cuda":
         import dgl
@@ -180,7 +148,7 @@ def _check_device(device: str) -> None:
             dgl.graph(([0], [0])).to("cuda")
         except Exception as exc:  # noqa: BLE001
             raise RuntimeError(f"this DGL build has no CUDA (PyPI's dgl wheels are CPU builds): "
-                               f"{_first_line(exc)}") from None
+                               f"{common.first_line(exc)}") from None
 
 
 # ---------------------------------------------------------------------------
@@ -190,29 +158,23 @@ def measure(folder: Path) -> dict:
     job = json.loads((folder / "job.json").read_text())
     device, dtype = job["device"], DTYPES[job["dtype"]]
     result = {"status": "skipped", "env": environment()}
-    stage = "setup"
+    stage = common.Stage()
     stack = contextlib.ExitStack()
     try:
         if "dgl_error" in result["env"]:
             raise RuntimeError(f"dgl does not import: {result['env']['dgl_error']}")
         if device == "cpu":
-            limit_cpu_memory(job.get("mem_limit_bytes"))
+            common.limit_cpu_memory(job.get("mem_limit_bytes"))
         if job.get("threads"):
             torch.set_num_threads(int(job["threads"]))
         _check_device(device)
-        stage = "graph"
+        stage.name = "graph"
         data = stack.enter_context(np.load(folder / "inputs.npz"))  # read lazily, key by key
         n = int(job["N"])
         src, dst = torch.from_numpy(data["src"]), torch.from_numpy(data["dst"])  # before the baseline
 
-        stage = "prepare"
-        gc.collect()
-        if device == "cuda":
-            torch.cuda.synchronize()
-            mem0 = torch.cuda.memory_allocated()
-        else:
-            common.malloc_trim()
-            mem0 = common.rss_bytes()
+        stage.name = "prepare"
+        mem0 = common.memory_in_use(device, collect=True)
         t0 = time.perf_counter()
         g = build_graph(src, dst, n, device)
         model = build_model(job)
@@ -246,39 +208,12 @@ def measure(folder: Path) -> dict:
         if device == "cuda":
             torch.cuda.synchronize()
         result["prep_s"] = time.perf_counter() - t0
-        result["prep_mem_bytes"] = max(0, (torch.cuda.memory_allocated() if device == "cuda"
-                                           else common.rss_bytes()) - mem0)
+        result["prep_mem_bytes"] = max(0, common.memory_in_use(device) - mem0)
 
-        def reset():
-            for t in leaves:
-                t.grad = None
-
-        timer = common.Timer(device, flush_l2=job.get("flush_l2", True))
-        stage = "warmup"
-        for _ in range(max(1, int(job.get("warmup", 1)))):
-            reset()
-            step()
-
-        stage = "memory"
-        result["peak_mem_bytes"], result["mem_method"] = common.peak_memory(step, reset, device)
-
-        stage = "timing"
-        times = common.time_calls(step, reset, timer, int(job.get("repeats", 10)), job.get("budget_s"))
-        reset()
-        result.update(common.summarize(times))
-        result.update(status="ok", repeats=len(times), times=times, threads=torch.get_num_threads(),
-                      self_loop_edges=int(g.num_edges()))
+        result.update(common.measure_step(step, leaves, job, device, stage), self_loop_edges=int(g.num_edges()))
         return result
     except BaseException as exc:  # noqa: BLE001  (reported as a skipped row, like benchmarks/worker.py)
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        kind = "out of memory" if _is_oom(exc) else "failed"
-        result.update(status="skipped", reason=f"{kind} during {stage}: {_first_line(exc)}")
-        if os.environ.get("GRAPHATTN_BENCH_DEBUG"):
-            import traceback
-
-            result["reason"] += "\n" + traceback.format_exc()
-        return result
+        return common.skipped_because(result, exc, stage)
     finally:
         stack.close()
 

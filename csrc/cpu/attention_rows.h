@@ -491,7 +491,7 @@ void backward_targets(const BackwardParams& b, const Neighbours& nb) {
 }
 
 // Backward, pass 2, over source rows (the transposed CSR, or the same segment):
-// dV_j = sum f p dO_i and dK_j = sum ds ds/dk_j over the edges leaving j. Each edge's (p, ds) is
+// dV_j = sum f p dO_i and dK_j = sum ds * d(score)/dk_j over the edges leaving j. Each edge's (p, ds) is
 // recomputed here, bitwise as pass 1 computed it (the score and <v_j, dO_i> are symmetric in their
 // operands and summed in the same order), from the target's lse and Delta: [N_dst, H] arrays that
 // stay in cache. Storing them per edge in pass 1 instead cost two scattered accesses per edge (a
